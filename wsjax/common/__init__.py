@@ -1,0 +1,1 @@
+"""Pieces every stage shares: config checks, Orbax store, logs, progress."""

@@ -1,0 +1,62 @@
+"""k-class tasks: which class sets exist, which are held out, and which images each sees.
+
+A task is a sorted tuple of global class ids; its local labels are 0..k-1 in that order.
+Held-out class sets are never given to a zoo model: they are for zero-shot evaluation.
+"""
+import dataclasses
+import itertools
+
+import numpy as np
+
+from wsjax.common.config import require
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSet:
+    k: int
+    allowed: tuple    # class sets zoo models may train on
+    held_out: tuple   # class sets reserved for zero-shot evaluation
+
+    def sample(self, num_models, seed):
+        """Class sets for `num_models` models: a shuffled cycle over the allowed sets, so
+        every set is used before any repeats (balanced where the thesis drew with replacement)."""
+        rng = np.random.default_rng(seed)
+        out = []
+        while len(out) < num_models:
+            out.extend(self.allowed[i] for i in rng.permutation(len(self.allowed)))
+        return out[:num_models]
+
+
+def parse_class_sets(text):
+    """'0-1-2;3-4-5' -> ((0, 1, 2), (3, 4, 5))."""
+    return tuple(tuple(sorted(int(c) for c in s.split("-"))) for s in text.split(";") if s.strip())
+
+
+def format_classes(classes):
+    return "-".join(str(int(c)) for c in classes)
+
+
+def task_set(config, num_classes):
+    """Builds the TaskSet from `config` (k, num_held_out, held_out, held_out_seed)."""
+    k = int(config.k)
+    require(2 <= k <= num_classes, f"config.tasks.k must be in [2, {num_classes}], got {k}")
+    every = list(itertools.combinations(range(num_classes), k))
+    if config.get("held_out", ""):
+        held = parse_class_sets(config.held_out)
+        for s in held:
+            require(len(s) == k and all(0 <= c < num_classes for c in s),
+                    f"config.tasks.held_out has an invalid class set {s} for k={k}")
+    else:
+        n = int(config.num_held_out)
+        require(0 <= n < len(every), f"config.tasks.num_held_out must be in [0, {len(every)}), got {n}")
+        rng = np.random.default_rng(config.held_out_seed)
+        held = tuple(every[i] for i in sorted(rng.choice(len(every), n, replace=False)))
+    allowed = tuple(s for s in every if s not in set(held))
+    return TaskSet(k, allowed, tuple(held))
+
+
+def task_indices(labels, classes):
+    """Indices of images in `classes` and their local labels (0..k-1 in class-id order)."""
+    classes = np.asarray(sorted(classes))
+    idx = np.flatnonzero(np.isin(labels, classes))
+    return idx, np.searchsorted(classes, labels[idx]).astype(np.int32)

@@ -1,0 +1,80 @@
+"""ResNet-18 (He et al. 2016) in Flax Linen, with configurable width and stem.
+
+At width 64, stem 'imagenet' and 1000 classes it has exactly torchvision's 11,689,512 parameters.
+"""
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wsjax.common.config import require
+
+
+class BasicBlock(nn.Module):
+    features: int
+    strides: int
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x, train):
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                                 epsilon=1e-5, dtype=self.dtype)
+        y = conv(self.features, (3, 3), self.strides, padding=1, name="conv1")(x)
+        y = nn.relu(norm(name="bn1")(y))
+        y = conv(self.features, (3, 3), 1, padding=1, name="conv2")(y)
+        y = norm(name="bn2")(y)
+        if self.strides != 1 or x.shape[-1] != self.features:
+            x = conv(self.features, (1, 1), self.strides, name="down_conv")(x)
+            x = norm(name="down_bn")(x)
+        return nn.relu(x + y)
+
+
+class ResNet18(nn.Module):
+    num_classes: int
+    width: int = 64
+    stem: str = "imagenet"  # 'imagenet': 7x7/2 conv + max-pool; 'small': 3x3/1 conv (<= 32 px)
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train=False, features=False):
+        """Logits [B, num_classes]; with `features=True`, pooled features [B, 8 * width]."""
+        x = x.astype(self.dtype)
+        if self.stem == "imagenet":
+            x = nn.Conv(self.width, (7, 7), 2, padding=3, use_bias=False, dtype=self.dtype,
+                        name="conv1")(x)
+        else:
+            x = nn.Conv(self.width, (3, 3), 1, padding=1, use_bias=False, dtype=self.dtype,
+                        name="conv1")(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                         dtype=self.dtype, name="bn1")(x)
+        x = nn.relu(x)
+        if self.stem == "imagenet":
+            x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+        for stage, mult in enumerate((1, 2, 4, 8)):
+            for block in range(2):
+                strides = 2 if stage > 0 and block == 0 else 1
+                x = BasicBlock(self.width * mult, strides, self.dtype,
+                               name=f"layer{stage + 1}_{block}")(x, train)
+        x = jnp.mean(x, axis=(1, 2))
+        if features:
+            return x.astype(jnp.float32)
+        return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x).astype(jnp.float32)
+
+
+def build(config, num_classes):
+    """ResNet18 from a model ConfigDict (width, stem, dtype)."""
+    require(config.width >= 1, f"config.model.width must be >= 1, got {config.width}")
+    require(config.stem in ("imagenet", "small"),
+            f"config.model.stem must be 'imagenet' or 'small', got {config.stem!r}")
+    require(config.dtype in ("float32", "bfloat16"),
+            f"config.model.dtype must be 'float32' or 'bfloat16', got {config.dtype!r}")
+    return ResNet18(num_classes=num_classes, width=int(config.width), stem=config.stem,
+                    dtype=jnp.dtype(config.dtype))
+
+
+def count_params(tree):
+    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))

@@ -1,0 +1,84 @@
+"""The zoo on disk.
+
+    zoo/config.json                 resolved zoo config (data, model, tasks, init)
+    zoo/models.csv                  one row per snapshot (MANIFEST_FIELDS)
+    zoo/init/                       the shared initialisation (schemes 'shared', 'pretrained')
+    zoo/snapshots/<model_id>_<tag>/ one Orbax checkpoint per snapshot:
+                                    {'params': ..., 'batch_stats': ...}, tag 'early' | 'final'
+    zoo/log.jsonl                   per-epoch training log
+
+Any snapshot reads without wsjax: `orbax.checkpoint.StandardCheckpointer().restore(path)`.
+"""
+import csv
+import os
+
+from wsjax.common import config as config_lib
+from wsjax.common import store
+from wsjax.common.config import require
+from wsjax.data.tasks import parse_class_sets
+
+MANIFEST_FIELDS = (
+    "model_id", "snapshot", "epoch", "max_epoch", "classes", "split", "status", "optimizer",
+    "learning_rate", "weight_decay", "momentum", "batch_size", "init", "init_seed", "seed",
+    "train_loss", "val_loss", "val_accuracy",
+)
+_INT = ("model_id", "epoch", "max_epoch", "batch_size", "init_seed", "seed")
+_FLOAT = ("learning_rate", "weight_decay", "momentum", "train_loss", "val_loss", "val_accuracy")
+TAGS = ("early", "final")
+
+
+def zoo_dir(workdir):
+    return os.path.join(workdir, "zoo")
+
+
+def snapshot_path(workdir, model_id, tag):
+    return os.path.join(zoo_dir(workdir), "snapshots", f"{int(model_id):05d}_{tag}")
+
+
+def write_manifest(workdir, rows):
+    """Writes models.csv atomically, rows sorted by (model_id, epoch)."""
+    path = os.path.join(zoo_dir(workdir), "models.csv")
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
+        w.writeheader()
+        for row in sorted(rows, key=lambda r: (int(r["model_id"]), int(r["epoch"]))):
+            w.writerow({k: row[k] for k in MANIFEST_FIELDS})
+    os.replace(tmp, path)
+
+
+def read_manifest(workdir):
+    """Rows of models.csv with typed values; `classes` becomes a tuple of ints."""
+    path = os.path.join(zoo_dir(workdir), "models.csv")
+    require(os.path.exists(path), f"{path} not found: run the zoo stage with this --workdir first")
+    rows = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            for k in _INT:
+                row[k] = int(row[k])
+            for k in _FLOAT:
+                row[k] = float(row[k])
+            row["classes"] = parse_class_sets(row["classes"])[0]
+            rows.append(row)
+    return rows
+
+
+def save_variables(workdir, model_id, tag, variables):
+    store.save(snapshot_path(workdir, model_id, tag), variables)
+
+
+def load_variables(workdir, model_id, tag="final"):
+    """{'params', 'batch_stats'} of one snapshot as numpy arrays."""
+    require(tag in TAGS, f"snapshot tag must be one of {TAGS}, got {tag!r}")
+    return store.restore(snapshot_path(workdir, model_id, tag))
+
+
+def load_model(workdir, model_id, tag="final"):
+    """(module, variables, manifest row) of one zoo snapshot: `module.apply(variables, x)`."""
+    from wsjax import models
+    config = config_lib.load(workdir, "zoo")
+    rows = [r for r in read_manifest(workdir)
+            if r["model_id"] == int(model_id) and r["snapshot"] == tag]
+    require(rows, f"model {model_id} snapshot {tag!r} is not in {zoo_dir(workdir)}/models.csv")
+    module = models.build(config.model, num_classes=config.tasks.k)
+    return module, load_variables(workdir, model_id, tag), rows[0]
