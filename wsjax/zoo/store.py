@@ -27,17 +27,17 @@ _FLOAT = ("learning_rate", "weight_decay", "momentum", "train_loss", "val_loss",
 TAGS = ("early", "final")
 
 
-def zoo_dir(workdir):
-    return os.path.join(workdir, "zoo")
+def zoo_dir(workdir, root="zoo"):
+    return os.path.join(workdir, root)
 
 
-def snapshot_path(workdir, model_id, tag):
-    return os.path.join(zoo_dir(workdir), "snapshots", f"{int(model_id):05d}_{tag}")
+def snapshot_path(workdir, model_id, tag, root="zoo"):
+    return os.path.join(zoo_dir(workdir, root), "snapshots", f"{int(model_id):05d}_{tag}")
 
 
-def write_manifest(workdir, rows):
+def write_manifest(workdir, rows, root="zoo"):
     """Writes models.csv atomically, rows sorted by (model_id, epoch)."""
-    path = os.path.join(zoo_dir(workdir), "models.csv")
+    path = os.path.join(zoo_dir(workdir, root), "models.csv")
     tmp = path + ".tmp"
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
@@ -47,10 +47,10 @@ def write_manifest(workdir, rows):
     os.replace(tmp, path)
 
 
-def read_manifest(workdir):
+def read_manifest(workdir, root="zoo"):
     """Rows of models.csv with typed values; `classes` becomes a tuple of ints."""
-    path = os.path.join(zoo_dir(workdir), "models.csv")
-    require(os.path.exists(path), f"{path} not found: run the zoo stage with this --workdir first")
+    path = os.path.join(zoo_dir(workdir, root), "models.csv")
+    require(os.path.exists(path), f"{path} not found: run the {root} stage with this --workdir first")
     rows = []
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
@@ -63,22 +63,25 @@ def read_manifest(workdir):
     return rows
 
 
-def save_variables(workdir, model_id, tag, variables):
-    store.save(snapshot_path(workdir, model_id, tag), variables)
+def save_variables(workdir, model_id, tag, variables, root="zoo"):
+    store.save(snapshot_path(workdir, model_id, tag, root), variables)
 
 
-def load_variables(workdir, model_id, tag="final"):
+def load_variables(workdir, model_id, tag="final", root="zoo"):
     """{'params', 'batch_stats'} of one snapshot as numpy arrays."""
     require(tag in TAGS, f"snapshot tag must be one of {TAGS}, got {tag!r}")
-    return store.restore(snapshot_path(workdir, model_id, tag))
+    return store.restore(snapshot_path(workdir, model_id, tag, root))
 
 
-def load_model(workdir, model_id, tag="final"):
-    """(module, variables, manifest row) of one zoo snapshot: `module.apply(variables, x)`."""
+def load_model(workdir, model_id, tag="final", root="zoo"):
+    """(module, variables, manifest row) of one snapshot: `module.apply(variables, x)`.
+
+    `root` is the stage directory holding a zoo layout: 'zoo', or 'sample' for sampled models.
+    """
     from wsjax import models
     config = config_lib.load(workdir, "zoo")
-    rows = [r for r in read_manifest(workdir)
+    rows = [r for r in read_manifest(workdir, root)
             if r["model_id"] == int(model_id) and r["snapshot"] == tag]
-    require(rows, f"model {model_id} snapshot {tag!r} is not in {zoo_dir(workdir)}/models.csv")
+    require(rows, f"model {model_id} snapshot {tag!r} is not in {zoo_dir(workdir, root)}/models.csv")
     module = models.build(config.model, num_classes=config.tasks.k)
-    return module, load_variables(workdir, model_id, tag), rows[0]
+    return module, load_variables(workdir, model_id, tag, root), rows[0]
