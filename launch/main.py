@@ -3,43 +3,19 @@
 Flags -> config -> STAGES[config.stage].run(config, workdir). Any config field can be
 overridden with `--config.field=value`.
 """
-import importlib
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from wsjax.common import config as config_lib
+from wsjax.stages import STAGES, run_stage  # noqa: F401  (re-exported for tests)
 
 DEFAULT_WORKDIR = "workdir"
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file, e.g. configs/ae.py:tiny.")
 _WORKDIR = flags.DEFINE_string(
     "workdir", DEFAULT_WORKDIR, "Where every stage reads its inputs and writes its outputs.")
-
-# Stage name -> module exposing run(config, workdir). Imported lazily: a stage pays for its own deps.
-STAGES = {
-    "zoo": "wsjax.zoo.train",
-    "pca": "wsjax.pca.stage",
-    "ae": "wsjax.ae.train",
-    "align": "wsjax.align.train",
-    "sample": "wsjax.sample.stage",
-    "evaluate": "wsjax.evaluate.stage",
-    "demo": "wsjax.demo",
-    "bench_zoo": "wsjax.zoo.bench",
-    "bench_pca": "wsjax.pca.bench",
-}
-
-
-def run_stage(config, workdir):
-    """Validates `config.stage`, saves the resolved config and dispatches to the stage."""
-    stage = config.get("stage")
-    if stage not in STAGES:
-        raise config_lib.ConfigError(
-            f"config.stage must be one of {sorted(STAGES)}, got {stage!r}")
-    module = importlib.import_module(STAGES[stage])
-    config_lib.save(config, workdir, stage)
-    return module.run(config, workdir)
 
 
 def _parse_flags(argv):

@@ -1,0 +1,24 @@
+"""The whole pipeline on the embedded data: zoo -> pca -> ae -> align -> sample -> evaluate.
+
+`python -m launch.main --config=configs/demo.py --workdir=DIR`; any stage's field can be
+overridden, e.g. `--config.zoo.num_models=96`. Preset 'tiny' is the CI-size pipeline.
+"""
+import ml_collections
+
+from configs import ae, align, evaluate, pca, sample, zoo
+
+STAGES = ("zoo", "pca", "ae", "align", "sample", "evaluate")
+
+
+def get_config(arg=None):
+    preset = arg or "default"
+    if preset not in ("default", "tiny"):
+        raise ValueError(f"unknown demo preset {preset!r}: use 'tiny' or 'default'")
+    sub = "tiny" if preset == "tiny" else None
+    c = ml_collections.ConfigDict()
+    c.stage = "demo"
+    c.preset = preset
+    c.stages = STAGES
+    for name, module in zip(STAGES, (zoo, pca, ae, align, sample, evaluate)):
+        c[name] = module.get_config(sub)
+    return c
