@@ -73,3 +73,9 @@ def test_task_labels_follow_class_id_order():
     idx, local = data.task_indices(labels, (7, 3, 1))
     assert idx.tolist() == [0, 1, 2, 4, 5]
     assert local.tolist() == [2, 0, 1, 1, 0]
+
+
+def test_task_split_returns_only_the_tasks_images_relabelled():
+    d = data.load(_data_config(resolution=12))
+    x, y = data.task_split(d, (9, 2, 5), "val")
+    assert x.shape == (300, 12, 12, 1) and sorted(set(y.tolist())) == [0, 1, 2]

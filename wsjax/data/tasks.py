@@ -60,3 +60,11 @@ def task_indices(labels, classes):
     classes = np.asarray(sorted(classes))
     idx = np.flatnonzero(np.isin(labels, classes))
     return idx, np.searchsorted(classes, labels[idx]).astype(np.int32)
+
+
+def task_split(dataset, classes, split):
+    """(images, local labels) of one task's 'train' or 'val' split."""
+    require(split in ("train", "val"), f"split must be 'train' or 'val', got {split!r}")
+    x, y = (dataset.x_train, dataset.y_train) if split == "train" else (dataset.x_val, dataset.y_val)
+    idx, local = task_indices(y, classes)
+    return x[idx], local
