@@ -50,6 +50,8 @@ def get_config(arg=None):
     ))
     c.strategy = "auto"    # 'auto' | 'unroll' | 'vmap' | 'sequential'
     c.cohort_size = 8      # models stepped together in one jitted call (per device)
+    c.steps_per_call = 1   # training steps per jitted call (unrolled inside it)
+    c.compile_cache = "~/.cache/wsjax/xla"  # persistent XLA cache: reruns skip compiling ('' = off)
     c.num_devices = 0      # devices on the 'models' mesh axis (0 = all)
 
     if preset == "tiny":

@@ -1,0 +1,124 @@
+"""Stage `bench_zoo`: the same N models trained (a) one after another, each by a single-model jitted
+step, and (b) by the batched zoo step; img/s, ratio, FLOPs/img (XLA cost analysis), GFLOP/s and the
+share of a large fp32 matmul's peak measured in the same run -> workdir/bench_zoo/results.json."""
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wsjax import data, models
+from wsjax.common import config as config_lib
+from wsjax.common.config import require
+from wsjax.zoo import init as init_lib
+from wsjax.zoo import step as step_lib
+from wsjax.zoo import train as train_lib
+
+
+def matmul_peak(n, repeats=5):
+    """Best GFLOP/s of an [n, n] x [n, n] fp32 matmul."""
+    f = jax.jit(lambda a, b: a @ b)
+    a = jnp.ones((n, n), jnp.float32)
+    f(a, a).block_until_ready()
+    best = min(_timed(lambda: f(a, a).block_until_ready()) for _ in range(repeats))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _flops(fn, *args):
+    cost = fn.lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", 0.0))
+
+
+def _states(tx, variables, n, optimizer="adam"):
+    return [step_lib.init_model_state(tx, variables, optimizer, 1e-3 * (1 + m / n), 1e-4) for m in range(n)]
+
+
+def bench_sequential(module, tx, variables, x, batches):
+    """(img/s, compile s, flops/img): every model its full run of steps, one after another."""
+    steps, n, b = batches["idx"].shape
+    step = step_lib.single_step(module, tx)
+    states = [jax.device_put(s) for s in _states(tx, variables, n)]
+    flops = _flops(step, states[0], x[:b], batches["label"][0, 0]) / b
+    t_compile = _timed(lambda: jax.block_until_ready(
+        step(jax.device_put(_states(tx, variables, 1)[0]), x[batches["idx"][0, 0]],
+             batches["label"][0, 0])))
+    t0 = time.perf_counter()
+    for m in range(n):
+        s = states[m]
+        for k in range(steps):
+            s, loss = step(s, x[batches["idx"][k, m]], batches["label"][k, m])
+        jax.block_until_ready(s)
+    return steps * n * b / (time.perf_counter() - t0), t_compile, flops
+
+
+def bench_batched(module, tx, variables, x, batches, strategy, cohort, steps_per_call):
+    """(img/s, compile s): cohorts of `cohort` models, `steps_per_call` steps per jitted call."""
+    steps, n, b = batches["idx"].shape
+    require(n % cohort == 0, f"config.num_models={n} must be a multiple of config.cohort_size={cohort}")
+    require(steps % steps_per_call == 0,
+            f"config.steps={steps} must be a multiple of config.steps_per_call={steps_per_call}")
+    step = step_lib.make_cohort_step(module, tx, strategy)
+    x_dev = jax.device_put(x)
+    chunks = [[{k: jax.device_put(v[i:i + steps_per_call, c:c + cohort]) for k, v in batches.items()}
+               for i in range(0, steps, steps_per_call)] for c in range(0, n, cohort)]
+    warm = jax.device_put(step_lib.stack(_states(tx, variables, cohort)))
+    t_compile = _timed(lambda: jax.block_until_ready(step(warm, x_dev, chunks[0][0])))
+    states = [jax.device_put(step_lib.stack(_states(tx, variables, cohort))) for _ in chunks]
+    t0 = time.perf_counter()
+    for c, cs in enumerate(chunks):
+        s = states[c]
+        for chunk in cs:
+            s, loss = step(s, x_dev, chunk)
+        jax.block_until_ready(s)
+    return steps * n * b / (time.perf_counter() - t0), t_compile
+
+
+def run(config, workdir):
+    """Runs the benchmark of `config` (configs/bench/zoo.py) and writes results.json."""
+    require(config.num_models >= 1, f"config.num_models must be >= 1, got {config.num_models}")
+    require(config.steps >= 1, f"config.steps must be >= 1, got {config.steps}")
+    dataset = data.load(config.data)
+    module = models.build(config.model, config.tasks.k)
+    variables = init_lib.random_init(module, dataset.image_shape, jax.random.key(config.seed))
+    tx = step_lib.make_optimizer()
+    rng = np.random.default_rng(config.seed)
+    n, b, steps = int(config.num_models), int(config.batch_size), int(config.steps)
+    batches = dict(idx=rng.integers(0, len(dataset.x_train), (steps, n, b)).astype(np.int32),
+                   label=rng.integers(0, config.tasks.k, (steps, n, b)).astype(np.int32),
+                   active=np.ones((steps, n), bool))
+    x = dataset.x_train
+    strategy = train_lib.resolve_strategy(config)
+    step_lib.enable_compile_cache(config.get("compile_cache", ""))
+    peak = matmul_peak(int(config.matmul_size))
+    seq, seq_compile, flops = bench_sequential(module, tx, variables, jnp.asarray(x), batches)
+    bat, bat_compile = bench_batched(module, tx, variables, x, batches, strategy,
+                                     int(config.cohort_size), int(config.steps_per_call))
+    res = dict(
+        backend=jax.default_backend(), device=str(jax.devices()[0].device_kind),
+        num_devices=jax.device_count(), width=int(config.model.width),
+        resolution=int(config.data.resolution), batch_size=b, num_models=n, steps=steps,
+        strategy=strategy, cohort_size=int(config.cohort_size),
+        steps_per_call=int(config.steps_per_call), optimizer="adam",
+        sequential_img_s=seq, batched_img_s=bat, ratio=bat / seq,
+        sequential_compile_s=seq_compile, batched_compile_s=bat_compile,
+        train_flops_per_image=flops, sequential_gflop_s=seq * flops / 1e9,
+        batched_gflop_s=bat * flops / 1e9, matmul_peak_gflop_s=peak,
+        batched_peak_share=bat * flops / 1e9 / peak, sequential_peak_share=seq * flops / 1e9 / peak)
+    out = os.path.join(config_lib.stage_dir(workdir, "bench_zoo"), "results.json")
+    with open(out, "w") as f:
+        json.dump(res, f, indent=2)
+    print(f"bench_zoo {res['backend']} w{res['width']} {res['resolution']}px b{b} N={n}: "
+          f"sequential {seq:.0f} img/s, batched[{strategy} x{config.cohort_size}, "
+          f"{config.steps_per_call} steps/call] {bat:.0f} img/s, ratio {bat / seq:.2f}x, "
+          f"{flops / 1e6:.2f} MFLOP/img, {res['batched_gflop_s']:.1f} GFLOP/s = "
+          f"{100 * res['batched_peak_share']:.1f}% of matmul peak {peak:.0f} GFLOP/s")
+    return res

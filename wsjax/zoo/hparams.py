@@ -1,0 +1,101 @@
+"""Per-model hyperparameters of the zoo, all drawn from `config.seed` (thesis Table 3.1).
+
+Optimizer Adam or SGD at random, learning rate log-uniform in the optimizer's range, weight decay
+log-uniform, momentum uniform (SGD), early snapshot epoch ~ U(early_epoch), max epoch ~ a normal
+truncated to `max_epoch_range`, the task's class set, and the model's split (train/val/test).
+"""
+import dataclasses
+
+import numpy as np
+
+from wsjax import data
+from wsjax.common.config import require
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    model_id: int
+    classes: tuple
+    split: str          # 'train' | 'val' | 'test' (models held out of PCA/AE)
+    optimizer: str      # 'adam' | 'sgd'
+    learning_rate: float
+    weight_decay: float
+    momentum: float     # 0 for Adam
+    early_epoch: int
+    max_epoch: int
+    seed: int           # data-order seed of this model
+
+
+def validate(config):
+    """One clear ConfigError for a bad zoo field, before any work."""
+    t = config.train
+    require(config.num_models >= 1, f"config.num_models must be >= 1, got {config.num_models}")
+    s = config.model_splits
+    require(s.val >= 0 and s.test >= 0 and s.val + s.test < config.num_models,
+            f"config.model_splits (val={s.val}, test={s.test}) must leave >= 1 train model "
+            f"of config.num_models={config.num_models}")
+    require(config.init in ("shared", "per_model", "pretrained"),
+            f"config.init must be 'shared', 'per_model' or 'pretrained', got {config.init!r}")
+    require(config.strategy in ("auto", "unroll", "vmap", "sequential"),
+            f"config.strategy must be 'auto', 'unroll', 'vmap' or 'sequential', got {config.strategy!r}")
+    require(config.cohort_size >= 1, f"config.cohort_size must be >= 1, got {config.cohort_size}")
+    require(config.num_devices >= 0, f"config.num_devices must be >= 0, got {config.num_devices}")
+    require(config.get("steps_per_call", 1) >= 1,
+            f"config.steps_per_call must be >= 1, got {config.get('steps_per_call')}")
+    require(t.batch_size >= 1, f"config.train.batch_size must be >= 1, got {t.batch_size}")
+    require(len(t.optimizers) >= 1 and all(o in OPTIMIZERS for o in t.optimizers),
+            f"config.train.optimizers must be a non-empty subset of {OPTIMIZERS}, got {t.optimizers}")
+    for name in ("adam_lr", "sgd_lr", "weight_decay"):
+        lo, hi = getattr(t, name)
+        require(0 < lo <= hi, f"config.train.{name} must be (lo, hi) with 0 < lo <= hi, got {(lo, hi)}")
+    lo, hi = t.momentum
+    require(0 <= lo <= hi < 1, f"config.train.momentum must be in [0, 1), got {(lo, hi)}")
+    lo, hi = t.early_epoch
+    require(1 <= lo <= hi, f"config.train.early_epoch must be (lo, hi) with 1 <= lo <= hi, got {(lo, hi)}")
+    lo, hi = t.max_epoch_range
+    require(t.early_epoch[1] < lo <= hi,
+            f"config.train.max_epoch_range must be (lo, hi) with early_epoch[1] < lo <= hi, got {(lo, hi)}")
+    require(t.max_epoch_std >= 0, f"config.train.max_epoch_std must be >= 0, got {t.max_epoch_std}")
+
+
+def _log_uniform(rng, lo, hi, n):
+    return np.exp(rng.uniform(np.log(lo), np.log(hi), n))
+
+
+def truncated_normal_int(rng, mean, std, lo, hi, n):
+    """Integers ~ N(mean, std) truncated to [lo, hi] by rejection (thesis: N(100, 15) in [50, 150])."""
+    out = np.empty(n, np.int64)
+    for i in range(n):
+        while True:
+            v = int(round(rng.normal(mean, std))) if std > 0 else int(round(mean))
+            if lo <= v <= hi:
+                break
+            if std == 0:
+                v = int(np.clip(v, lo, hi))
+                break
+        out[i] = v
+    return out
+
+
+def sample_specs(config, num_classes):
+    """The ModelSpec of every model of the zoo, deterministic in `config.seed`."""
+    validate(config)
+    t, n = config.train, int(config.num_models)
+    tasks = data.task_set(config.tasks, num_classes).sample(n, config.seed)
+    rng = np.random.default_rng([config.seed, 1])
+    opt = rng.choice(list(t.optimizers), n)
+    lr = np.where(opt == "adam", _log_uniform(rng, *t.adam_lr, n), _log_uniform(rng, *t.sgd_lr, n))
+    wd = _log_uniform(rng, *t.weight_decay, n)
+    mom = np.where(opt == "sgd", rng.uniform(*t.momentum, n), 0.0)
+    early = rng.integers(t.early_epoch[0], t.early_epoch[1] + 1, n)
+    final = truncated_normal_int(rng, t.max_epoch_mean, t.max_epoch_std, *t.max_epoch_range, n)
+    split = np.array(["train"] * n, dtype=object)
+    order = rng.permutation(n)
+    split[order[:config.model_splits.val]] = "val"
+    split[order[config.model_splits.val:config.model_splits.val + config.model_splits.test]] = "test"
+    return [ModelSpec(i, tuple(int(c) for c in tasks[i]), str(split[i]), str(opt[i]), float(lr[i]),
+                      float(wd[i]), float(mom[i]), int(early[i]), int(final[i]),
+                      int(config.seed) * 1_000_003 + i)
+            for i in range(n)]

@@ -1,0 +1,174 @@
+"""The multi-model train step: a cohort of models stepped together in one jitted call.
+
+A cohort's state is one pytree stacked over models ([M, ...] leaves): params, batch_stats,
+opt_state (one Adam|SGD union state whose hyperparameters are per-model arrays, so
+Adam and SGD models share a cohort and one compiled step) and a `diverged` flag. A batch is host-computed indices into the dataset kept on device:
+{'idx': [K, M, B], 'label': [K, M, B], 'active': [K, M]} for K steps per call. Inactive models
+(finished, padding) and diverged models keep their state bit for bit.
+
+Strategies: 'unroll' (a Python loop over models inside the jit: XLA:CPU runs the independent
+per-model graphs concurrently), 'vmap' (grouped convolutions: the accelerator answer, ~6x slower on
+XLA:CPU), 'sequential' (the baseline: cohorts of one model). The model axis is sharded over a
+`models` mesh axis with `jax.shard_map` when more than one device is used.
+"""
+import functools
+import os
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from wsjax.common.config import require
+
+STRATEGIES = ("unroll", "vmap", "sequential")
+
+
+class OptState(NamedTuple):
+    """Adam and SGD in one state, so both kinds of models share a cohort and a compiled step."""
+    count: jax.Array          # steps taken
+    mu: Any                   # Adam first moment | SGD momentum trace
+    nu: Any                   # Adam second moment (unused by SGD)
+    hyperparams: dict         # learning_rate, weight_decay, momentum, adam (1.0 | 0.0)
+
+
+def make_optimizer(b1=0.9, b2=0.999, eps=1e-8):
+    """AdamW (optax.adamw's update) or SGD with momentum and coupled weight decay, chosen per
+    model by `hyperparams['adam']`: an optax.GradientTransformation."""
+    def init(params):
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+        hp = {k: jnp.zeros((), jnp.float32) for k in HYPERPARAMS}
+        return OptState(jnp.zeros((), jnp.int32), zeros, zeros, hp)
+
+    def update(grads, state, params):
+        hp, count = state.hyperparams, state.count + 1
+        adam = hp["adam"] > 0.5
+        lr, wd, mom = hp["learning_rate"], hp["weight_decay"], hp["momentum"]
+        c1 = 1 - b1 ** count.astype(jnp.float32)
+        c2 = 1 - b2 ** count.astype(jnp.float32)
+
+        def one(g, p, mu, nu):
+            g_sgd = g + wd * p
+            mu = jnp.where(adam, b1 * mu + (1 - b1) * g, mom * mu + g_sgd)
+            nu = jnp.where(adam, b2 * nu + (1 - b2) * g * g, nu)
+            u_adam = (mu / c1) / (jnp.sqrt(nu / c2) + eps) + wd * p
+            return -lr * jnp.where(adam, u_adam, mu), mu, nu
+
+        out = jax.tree_util.tree_map(one, grads, params, state.mu, state.nu)
+        pick = lambda i: jax.tree_util.tree_map(lambda t: t[i], out,
+                                                is_leaf=lambda t: isinstance(t, tuple))
+        return pick(0), OptState(count, pick(1), pick(2), hp)
+
+    return optax.GradientTransformation(init, update)
+
+
+HYPERPARAMS = ("learning_rate", "weight_decay", "momentum", "adam")
+
+
+def init_model_state(tx, variables, optimizer, learning_rate, weight_decay, momentum=0.0):
+    """One model's train state (numpy leaves) with its hyperparameters written into opt_state."""
+    require(optimizer in ("adam", "sgd"), f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+    params = jax.tree_util.tree_map(jnp.asarray, variables["params"])
+    opt_state = tx.init(params)
+    hp = dict(learning_rate=learning_rate, weight_decay=weight_decay,
+              momentum=momentum if optimizer == "sgd" else 0.0,
+              adam=1.0 if optimizer == "adam" else 0.0)
+    opt_state = opt_state._replace(hyperparams={k: np.float32(v) for k, v in hp.items()})
+    state = dict(params=variables["params"], batch_stats=variables["batch_stats"],
+                 opt_state=opt_state, diverged=np.asarray(False))
+    return jax.tree_util.tree_map(np.asarray, state)
+
+
+def stack(states):
+    return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *states)
+
+
+def unstack(state, m):
+    return jax.tree_util.tree_map(lambda x: np.asarray(x[m]), state)
+
+
+def model_step(module, tx, state, x, y, active):
+    """One model, one step; a non-finite loss or parameter freezes the model as diverged."""
+    def loss_fn(params):
+        logits, upd = module.apply({"params": params, "batch_stats": state["batch_stats"]}, x,
+                                   train=True, mutable=["batch_stats"])
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return loss, upd["batch_stats"]
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
+        [jnp.all(jnp.isfinite(p)) for p in jax.tree_util.tree_leaves(params)]))
+    take = active & finite & ~state["diverged"]
+    new = dict(params=params, batch_stats=batch_stats, opt_state=opt_state)
+    old = {k: state[k] for k in new}
+    out = jax.tree_util.tree_map(lambda n, o: jnp.where(take, n, o), new, old)
+    out["diverged"] = state["diverged"] | (active & ~finite)
+    return out, jnp.where(active, loss, 0.0)
+
+
+def _cohort_steps(module, tx, strategy, state, x_all, y_all, batch):
+    """K steps of M stacked models on this device: (state, loss [K, M])."""
+    losses = []
+    for k in range(batch["idx"].shape[0]):  # steps unrolled: XLA:CPU loops are slow
+        idx, label, active = batch["idx"][k], batch["label"][k], batch["active"][k]
+        if strategy == "vmap":
+            state, loss = jax.vmap(functools.partial(model_step, module, tx))(
+                state, x_all[idx], label, active)
+        else:
+            outs = [model_step(module, tx, jax.tree_util.tree_map(lambda a: a[m], state),
+                               x_all[idx[m]], label[m], active[m])
+                    for m in range(idx.shape[0])]
+            state = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[o[0] for o in outs])
+            loss = jnp.stack([o[1] for o in outs])
+        losses.append(loss)
+    del y_all
+    return state, jnp.stack(losses)
+
+
+def make_mesh(num_devices):
+    devices = jax.devices()
+    n = len(devices) if num_devices == 0 else num_devices
+    require(n <= len(devices), f"config.num_devices={num_devices} but only {len(devices)} devices exist")
+    return Mesh(np.asarray(devices[:n]), ("models",))
+
+
+def make_cohort_step(module, tx, strategy, mesh=None):
+    """jit(state, x_all, batch) -> (state, loss [K, M]), state donated; sharded over `mesh`."""
+    require(strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    inner = "unroll" if strategy == "sequential" else strategy
+
+    def per_device(state, x_all, batch):
+        return _cohort_steps(module, tx, inner, state, x_all, None, batch)
+
+    if mesh is None or mesh.size == 1:
+        return jax.jit(per_device, donate_argnums=0)
+    sharded = jax.shard_map(per_device, mesh=mesh,
+                            in_specs=(P("models"), P(), P(None, "models")),
+                            out_specs=(P("models"), P(None, "models")))
+    return jax.jit(sharded, donate_argnums=0)
+
+
+def place(tree, mesh, spec):
+    """device_put `tree` with one PartitionSpec for every leaf (None: default device)."""
+    if mesh is None or mesh.size == 1:
+        return jax.device_put(tree)
+    return jax.device_put(tree, NamedSharding(mesh, spec))
+
+
+def single_step(module, tx):
+    """jit(state, x, y) -> (state, loss) of one unstacked model: the benchmark's baseline."""
+    def step(state, x, y):
+        return model_step(module, tx, state, x, y, jnp.asarray(True))
+    return jax.jit(step, donate_argnums=0)
+
+
+def enable_compile_cache(path):
+    """Persistent XLA compilation cache at `path` ('' = off): a ResNet-18 step takes ~10 s to
+    compile on XLA:CPU, so reruns and later stages reuse compiled steps."""
+    if path:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
