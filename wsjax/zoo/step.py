@@ -34,6 +34,7 @@ class OptState(NamedTuple):
     hyperparams: dict         # learning_rate, weight_decay, momentum, adam (1.0 | 0.0)
 
 
+@functools.lru_cache(maxsize=None)
 def make_optimizer(b1=0.9, b2=0.999, eps=1e-8):
     """AdamW (optax.adamw's update) or SGD with momentum and coupled weight decay, chosen per
     model by `hyperparams['adam']`: an optax.GradientTransformation."""
@@ -136,6 +137,7 @@ def make_mesh(num_devices):
     return Mesh(np.asarray(devices[:n]), ("models",))
 
 
+@functools.lru_cache(maxsize=None)  # one compiled step per (module, strategy, mesh) per process
 def make_cohort_step(module, tx, strategy, mesh=None):
     """jit(state, x_all, batch) -> (state, loss [K, M]), state donated; sharded over `mesh`."""
     require(strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -159,6 +161,7 @@ def place(tree, mesh, spec):
     return jax.device_put(tree, NamedSharding(mesh, spec))
 
 
+@functools.lru_cache(maxsize=None)
 def single_step(module, tx):
     """jit(state, x, y) -> (state, loss) of one unstacked model: the benchmark's baseline."""
     def step(state, x, y):

@@ -120,22 +120,20 @@ def train_cohort(ctx, members, cid, pbar=None):
     ckpt_dir = os.path.abspath(os.path.join(zoo_store.zoo_dir(workdir), "cohorts", cid))
     manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(
         max_to_keep=1, enable_async_checkpointing=False))
+    states = [step_lib.init_model_state(tx, ctx["init"](s.model_id), s.optimizer, s.learning_rate,
+                                        s.weight_decay, s.momentum) for s in members]
+    state = step_lib.stack(states + [states[0]] * (slots - len(members)))  # inactive padding
     start = manager.latest_step()
     if start is not None:
-        try:
-            state = manager.restore(start, args=ocp.args.StandardRestore())
+        try:  # the fresh state is the target: it gives the restored tree its structure
+            state = manager.restore(start, args=ocp.args.StandardRestore(state))
         except Exception as e:  # a damaged cohort checkpoint: one clear sentence
             raise config_lib.ConfigError(
                 f"cohort checkpoint {ckpt_dir} could not be read ({type(e).__name__}): "
                 "delete it and rerun the zoo stage") from e
         state = jax.tree_util.tree_map(np.asarray, state)
     else:
-        start, states = 0, []
-        for s in members:
-            states.append(step_lib.init_model_state(
-                tx, ctx["init"](s.model_id), s.optimizer, s.learning_rate, s.weight_decay, s.momentum))
-        states += [states[0]] * (slots - len(members))
-        state = step_lib.stack(states)
+        start = 0
     step = ctx["step"]
     state = step_lib.place(state, mesh, step_lib.P("models"))
     last = max(s.max_epoch for s in members)
@@ -163,16 +161,16 @@ def train_cohort(ctx, members, cid, pbar=None):
             vl, va = inference.loss_accuracy(ctx["module"], variables, xv, yv)
             status = "diverged" if bool(host["diverged"][m]) else "ok"
             zoo.add(_row(config, s, tag, epoch + 1, status, train_loss[m], vl, va), variables)
+        if epoch + 1 < last:
+            manager.save(epoch + 1, args=ocp.args.StandardSave(
+                jax.tree_util.tree_map(np.asarray, state)))
+            manager.wait_until_finished()
         _log(workdir, dict(cohort=cid, epoch=epoch + 1, models=[s.model_id for s in members],
                            train_loss=[float(v) for v in train_loss[:len(members)]],
                            images_per_sec=images / dt, seconds=dt))
         if pbar is not None:
             pbar.set_postfix(cohort=cid[:9], epoch=f"{epoch + 1}/{last}", img_s=f"{images / dt:.0f}")
             pbar.update(sum(1 for _, s, tag in due if tag == "final"))
-        if epoch + 1 < last:
-            manager.save(epoch + 1, args=ocp.args.StandardSave(
-                jax.tree_util.tree_map(np.asarray, state)))
-            manager.wait_until_finished()
     manager.close()
     shutil.rmtree(ckpt_dir, ignore_errors=True)
 

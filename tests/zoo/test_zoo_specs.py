@@ -1,0 +1,111 @@
+"""Zoo specifications that need no training: parameter count, tasks, hyperparameters, inits, errors."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import zoo as zoo_configs
+from wsjax import data, models
+from wsjax.common.config import ConfigError
+from wsjax.zoo import hparams
+from wsjax.zoo import init as init_lib
+from wsjax.zoo import store as zoo_store
+
+
+def test_resnet18_at_width_64_has_torchvision_parameter_count():
+    config = zoo_configs.get_config("imagenet").model
+    module = models.build(config, 1000)
+    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+    assert models.count_params(shapes["params"]) == 11_689_512
+
+
+def test_task_sampler_never_uses_held_out_class_sets():
+    config = zoo_configs.get_config("tiny")
+    config.num_models = 500
+    specs = hparams.sample_specs(config, 10)
+    held = set(data.task_set(config.tasks, 10).held_out)
+    assert len(held) == config.tasks.num_held_out
+    assert all(s.classes not in held for s in specs)
+    assert len({s.classes for s in specs}) == 120 - len(held)  # every allowed set is used
+
+
+def test_hyperparameters_follow_the_configured_distributions():
+    config = zoo_configs.get_config()
+    config.num_models = 4000
+    t = config.train
+    specs = hparams.sample_specs(config, 10)
+    adam = np.array([s.learning_rate for s in specs if s.optimizer == "adam"])
+    sgd = [s for s in specs if s.optimizer == "sgd"]
+    assert 0.45 < len(adam) / len(specs) < 0.55
+    assert adam.min() >= t.adam_lr[0] and adam.max() <= t.adam_lr[1]
+    # log-uniform: the median is the geometric mean of the range
+    assert np.median(adam) == pytest.approx(np.sqrt(t.adam_lr[0] * t.adam_lr[1]), rel=0.1)
+    assert all(t.momentum[0] <= s.momentum <= t.momentum[1] for s in sgd)
+    assert all(s.momentum == 0.0 for s in specs if s.optimizer == "adam")
+    early = np.array([s.early_epoch for s in specs])
+    final = np.array([s.max_epoch for s in specs])
+    assert set(early) == set(range(t.early_epoch[0], t.early_epoch[1] + 1))
+    assert final.min() >= t.max_epoch_range[0] and final.max() <= t.max_epoch_range[1]
+    assert final.mean() == pytest.approx(t.max_epoch_mean, abs=0.2)
+    splits = [s.split for s in specs]
+    assert splits.count("val") == config.model_splits.val
+    assert splits.count("test") == config.model_splits.test
+    assert hparams.sample_specs(config, 10) == specs  # same seed, same zoo
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("init", "imagenet", "config.init"),
+    ("strategy", "fast", "config.strategy"),
+    ("num_models", 0, "config.num_models"),
+])
+def test_bad_config_field_is_one_clear_error(field, value, match):
+    config = zoo_configs.get_config("tiny")
+    config[field] = value
+    with pytest.raises(ConfigError, match=match):
+        hparams.validate(config)
+
+
+def test_bad_learning_rate_range_names_the_field():
+    config = zoo_configs.get_config("tiny")
+    config.train.adam_lr = (1e-3, -1.0)
+    with pytest.raises(ConfigError, match="config.train.adam_lr"):
+        hparams.validate(config)
+
+
+def _tiny_module(config):
+    return models.build(config.model, config.tasks.k), (config.data.resolution,) * 2 + (1,)
+
+
+def test_shared_init_gives_every_model_the_same_start(tmp_path):
+    config = zoo_configs.get_config("tiny")
+    module, shape = _tiny_module(config)
+    init = init_lib.initializer(config, module, shape, str(tmp_path))
+    a, b = init(0), init(7)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+    again = init_lib.initializer(config, module, shape, str(tmp_path))(3)  # read back from zoo/init
+    jax.tree_util.tree_map(np.testing.assert_array_equal, a, again)
+
+
+def test_per_model_init_gives_models_different_starts(tmp_path):
+    config = zoo_configs.get_config("tiny")
+    config.init = "per_model"
+    module, shape = _tiny_module(config)
+    init = init_lib.initializer(config, module, shape, str(tmp_path))
+    a, b = init(0), init(1)
+    assert not np.allclose(a["params"]["conv1"]["kernel"], b["params"]["conv1"]["kernel"])
+    np.testing.assert_array_equal(a["params"]["conv1"]["kernel"], init(0)["params"]["conv1"]["kernel"])
+
+
+def test_missing_or_corrupt_snapshot_is_one_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="missing"):
+        zoo_store.load_variables(str(tmp_path), 3, "final")
+    path = zoo_store.snapshot_path(str(tmp_path), 3, "final")
+    zoo_store.save_variables(str(tmp_path), 3, "final", {"params": {"w": np.ones(3)},
+                                                         "batch_stats": {}})
+    import glob
+    import os
+    for f in glob.glob(os.path.join(path, "**", "*"), recursive=True):
+        if os.path.isfile(f) and "METADATA" not in f:
+            open(f, "wb").write(b"garbage")
+    with pytest.raises(ConfigError, match="corrupt|missing"):
+        zoo_store.load_variables(str(tmp_path), 3, "final")
