@@ -31,7 +31,7 @@ def base_network(config, workdir):
     if store.exists(path):
         return module, store.restore(path)
     variables = init_lib.random_init(module, dataset.image_shape,
-                                     jax.random.fold_in(jax.random.key(config.init_seed), -1))
+                                     jax.random.fold_in(jax.random.key(config.init_seed), 2**31 - 1))
     tx = step_lib.make_optimizer()
     state = jax.device_put(step_lib.init_model_state(tx, variables, "adam", p.learning_rate, 0.0))
     step = step_lib.single_step(module, tx)
