@@ -1,0 +1,274 @@
+"""Stage 'ae': MLP autoencoder on normalised PCA coefficients of the zoo.
+
+    ae/checkpoints/      Orbax CheckpointManager of the training state (resume point)
+    ae/params/           Orbax: the selected AE parameters and the normalisation statistics
+    ae/latents.npz       z [S, D] of every zoo snapshot, row order of pca.load_coeffs
+    ae/log.jsonl         training and validation metrics
+    ae/metrics.json, ae/report.md, ae/reconstruction.png   reconstruction evaluation
+
+Models are split as in the zoo manifest: train fits the AE, val selects the checkpoint (lowest
+val loss), test is held out. Batches are a pure function of (seed, step), so a killed run
+resumes from its last checkpoint and ends in the same state.
+"""
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from flax.training import train_state
+from tqdm import tqdm
+
+from wsjax import data, models, pca
+from wsjax.ae import losses
+from wsjax.ae import model as model_lib
+from wsjax.common import config as config_lib
+from wsjax.common import store
+from wsjax.common.config import require
+from wsjax.models import inference
+from wsjax.zoo import store as zoo_store
+
+STAGE = "ae"
+
+
+def check_config(config):
+    require("model" in config and "train" in config and "loss" in config,
+            "config.model/train/loss are missing: use configs/ae.py")
+    t, l = config.train, config.loss
+    require(config.model.latent_dim >= 1, f"config.model.latent_dim must be >= 1, got {config.model.latent_dim}")
+    require(all(h >= 1 for h in config.model.hidden), f"config.model.hidden must be positive, got {config.model.hidden}")
+    require(t.steps >= 1, f"config.train.steps must be >= 1, got {t.steps}")
+    require(t.batch_size >= 1, f"config.train.batch_size must be >= 1, got {t.batch_size}")
+    require(0 <= t.warmup_steps < t.steps, f"config.train.warmup_steps must be in [0, steps), got {t.warmup_steps}")
+    require(t.learning_rate > 0, f"config.train.learning_rate must be > 0, got {t.learning_rate}")
+    require(t.checkpoint_every >= 1, f"config.train.checkpoint_every must be >= 1, got {t.checkpoint_every}")
+    require(t.input_noise >= 0, f"config.train.input_noise must be >= 0, got {t.input_noise}")
+    for name in ("mse", "layerwise", "behaviour"):
+        require(l[name] >= 0, f"config.loss.{name} must be >= 0, got {l[name]}")
+    require(l.mse + l.layerwise + l.behaviour > 0, "config.loss: at least one of mse, layerwise, behaviour must be > 0")
+    require(l.temperature > 0, f"config.loss.temperature must be > 0, got {l.temperature}")
+    require(1 <= l.behaviour_models <= t.batch_size,
+            f"config.loss.behaviour_models must be in [1, train.batch_size], got {l.behaviour_models}")
+    require(config.probe.num_real + config.probe.num_noise >= 1,
+            "config.probe.num_real + num_noise must be >= 1")
+
+
+class Normaliser:
+    """Dataset-wide per-coordinate statistics of the train split's coefficients."""
+
+    def __init__(self, mean, std):
+        self.mean, self.std = jnp.asarray(mean), jnp.asarray(std)
+
+    @classmethod
+    def fit(cls, coeffs):
+        mean, std = coeffs.mean(0), coeffs.std(0)
+        # Constant coordinates (nothing to learn) keep unit scale instead of dividing by ~0.
+        std = np.where(std > 1e-8 * max(std.max(), 1e-30), std, 1.0)
+        return cls(mean.astype(np.float32), std.astype(np.float32))
+
+    def __call__(self, raw):
+        return (raw - self.mean) / self.std
+
+    def inverse(self, x):
+        return x * self.std + self.mean
+
+
+class AE:
+    """The trained AE in raw PCA coefficient space: `encode` [N, K] -> [N, D], `decode` back."""
+
+    def __init__(self, module, params, norm):
+        self.module, self.params, self.norm = module, params, norm
+        self._enc = jax.jit(lambda p, c: module.apply({"params": p}, norm(c), method="encode"))
+        self._dec = jax.jit(lambda p, z: norm.inverse(module.apply({"params": p}, z, method="decode")))
+
+    @property
+    def latent_dim(self):
+        return self.module.latent_dim
+
+    def encode(self, coeffs):
+        return self._enc(self.params, jnp.asarray(coeffs, jnp.float32))
+
+    def decode(self, z):
+        return self._dec(self.params, jnp.asarray(z, jnp.float32))
+
+
+def load(workdir):
+    """The AE trained in `workdir/ae`, with its normalisation statistics."""
+    path = os.path.join(workdir, STAGE, "params")
+    require(store.exists(path), f"{path} not found: run the 'ae' stage with this --workdir first")
+    config = config_lib.load(workdir, STAGE)
+    saved = store.restore(path)
+    module = model_lib.build(config.model, saved["mean"].shape[0])
+    params = jax.tree_util.tree_map(jnp.asarray, saved["params"])
+    return AE(module, params, Normaliser(saved["mean"], saved["std"]))
+
+
+def _log(workdir, line):
+    with open(os.path.join(workdir, STAGE, "log.jsonl"), "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def make_probes(config, dataset, rows, seed):
+    """Probe inputs [S, P, H, W, C] per snapshot: real train images of its task, then noise."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((len(rows), config.probe.num_real + config.probe.num_noise) + dataset.image_shape,
+                   np.float32)
+    for i, r in enumerate(rows):
+        x, _ = data.task_split(dataset, r["classes"], "train")
+        out[i, :config.probe.num_real] = x[rng.choice(len(x), config.probe.num_real,
+                                                      replace=len(x) < config.probe.num_real)]
+        out[i, config.probe.num_real:] = rng.normal(size=out[i, config.probe.num_real:].shape)
+    return out
+
+
+def original_logits(workdir, module, rows, probes):
+    out = []
+    for r, x in zip(tqdm(rows, desc="ae: originals' probe logits", unit="model", leave=False), probes):
+        v = zoo_store.load_variables(workdir, r["model_id"], r["snapshot"])
+        out.append(inference.logits(module, v, x))
+    return np.stack(out)
+
+
+def make_loss_fn(module, net, p, norm, lw_weights, loss_cfg):
+    """loss(params, x [B, K] normalised, x_in [B, K], probes, targets) -> (total, metrics)."""
+    def loss_fn(params, x, x_in, probes, targets):
+        recon = module.apply({"params": params}, x_in)
+        terms = {}
+        if loss_cfg.mse:
+            terms["mse"] = losses.mse(recon, x)
+        if loss_cfg.layerwise:
+            terms["layerwise"] = losses.layerwise(recon, x, lw_weights)
+        if loss_cfg.behaviour:
+            m = probes.shape[0]
+            terms["behaviour"] = losses.behaviour(net, p, norm.inverse(recon[:m]), probes, targets,
+                                                  loss_cfg.temperature)
+        total = sum(loss_cfg[k] * v for k, v in terms.items())
+        return total, dict(terms, loss=total)
+    return loss_fn
+
+
+def run(config, workdir):
+    check_config(config)
+    out_dir = config_lib.stage_dir(workdir, STAGE)
+    done = [os.path.join(out_dir, f) for f in ("params", "latents.npz", "metrics.json", "report.md")]
+    if all(os.path.exists(f) for f in done):
+        logging.info("ae: outputs in %s are complete, nothing to do", out_dir)
+        return load(workdir)
+    start_time = time.time()
+    p = pca.load(workdir)
+    co = pca.load_coeffs(workdir)
+    rows_by_key = {(r["model_id"], r["snapshot"]): r for r in zoo_store.read_manifest(workdir)}
+    rows = [rows_by_key[(int(m), str(s))] for m, s in zip(co["model_id"], co["snapshot"])]
+    ok = co["status"] == "ok"
+    train_idx = np.flatnonzero(ok & (co["split"] == "train"))
+    val_idx = np.flatnonzero(ok & (co["split"] == "val"))
+    require(len(train_idx) >= 2, f"{workdir}/pca/coeffs.npz has {len(train_idx)} ok train snapshots: the AE needs at least 2")
+    if not len(val_idx):  # no val split: select on train (stated in the log)
+        logging.warning("ae: no val-split snapshots; the checkpoint is selected on the train loss")
+        val_idx = train_idx
+    zoo_config = config_lib.load(workdir, "zoo")
+    net = models.build(zoo_config.model, zoo_config.tasks.k)
+    dataset = data.load(zoo_config.data)
+
+    norm = Normaliser.fit(co["coeffs"][train_idx])
+    x_all = np.asarray(norm(co["coeffs"]))
+    lw_weights = jnp.asarray(losses.layerwise_weights(np.asarray(norm.std), p.segments))
+    use_beh = config.loss.behaviour > 0
+    fit_idx = np.concatenate([train_idx, val_idx])
+    if use_beh:
+        probes = make_probes(config, dataset, [rows[i] for i in fit_idx], config.seed)
+        targets = original_logits(workdir, net, [rows[i] for i in fit_idx], probes)
+        probe_of = {int(s): j for j, s in enumerate(fit_idx)}
+
+    module = model_lib.build(config.model, p.num_coeffs)
+    t = config.train
+    schedule = optax.warmup_cosine_decay_schedule(0.0, t.learning_rate, t.warmup_steps, t.steps,
+                                                  t.learning_rate * t.end_lr_fraction)
+    tx = optax.chain(optax.clip_by_global_norm(t.grad_clip),
+                     optax.adamw(schedule, weight_decay=t.weight_decay))
+    base = jax.random.key(config.seed)
+    params = module.init(jax.random.fold_in(base, 0), jnp.zeros((1, p.num_coeffs)))["params"]
+    state = train_state.TrainState.create(apply_fn=module.apply, params=params, tx=tx)
+    loss_fn = make_loss_fn(module, net, p, norm, lw_weights, config.loss)
+    b_beh = int(config.loss.behaviour_models)
+
+    def train_step(state, x, probes, targets, key):
+        x_in = x + t.input_noise * jax.random.normal(key, x.shape)
+        (_, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x, x_in, probes, targets)
+        return state.apply_gradients(grads=grads), m
+
+    train_step = jax.jit(train_step, donate_argnums=0)
+    eval_loss = jax.jit(lambda params, x, probes, targets: loss_fn(params, x, x, probes, targets)[1])
+
+    def batch(step):
+        rng = np.random.default_rng([config.seed, step])
+        pick = rng.choice(train_idx, t.batch_size, replace=len(train_idx) < t.batch_size)
+        return pick, jax.random.fold_in(jax.random.fold_in(base, 1), step)
+
+    def beh_inputs(pick):
+        if not use_beh:
+            return jnp.zeros((0,)), jnp.zeros((0,))
+        j = [probe_of[int(i)] for i in pick]
+        return jnp.asarray(probes[j]), jnp.asarray(targets[j])
+
+    def validate(params):
+        ms = []
+        for a in range(0, len(val_idx), t.batch_size):
+            pick = val_idx[a:a + t.batch_size]
+            ms.append(jax.device_get(eval_loss(params, jnp.asarray(x_all[pick]), *beh_inputs(pick))))
+        return {k: float(np.mean([m[k] for m in ms])) for k in ms[0]}
+
+    ckpt_dir = os.path.abspath(os.path.join(out_dir, "checkpoints"))
+    manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(
+        max_to_keep=1, enable_async_checkpointing=False))
+    ckpt = dict(state=state, best_params=state.params, best_val=np.float32(np.inf))
+    start = manager.latest_step() or 0
+    if start:
+        try:
+            ckpt = manager.restore(start, args=ocp.args.StandardRestore(ckpt))
+        except Exception as e:
+            raise config_lib.ConfigError(f"ae checkpoint {ckpt_dir} could not be read "
+                                         f"({type(e).__name__}): delete it and rerun the ae stage") from e
+    state, best_params, best_val = ckpt["state"], ckpt["best_params"], float(ckpt["best_val"])
+
+    bar = tqdm(range(start, t.steps), desc="ae train", unit="step", initial=start, total=t.steps)
+    tic = time.time()
+    for step in bar:
+        pick, key = batch(step)
+        probes_b, targets_b = beh_inputs(pick[:b_beh])
+        state, m = train_step(state, jnp.asarray(x_all[pick]), probes_b, targets_b, key)
+        if (step + 1) % t.log_every == 0:
+            m = {k: float(v) for k, v in jax.device_get(m).items()}
+            bar.set_postfix(loss=f"{m['loss']:.4f}")
+            _log(workdir, dict(step=step + 1, lr=float(schedule(step)), seconds=time.time() - tic, **m))
+        if (step + 1) % t.checkpoint_every == 0 or step + 1 == t.steps:
+            v = validate(state.params)
+            if v["loss"] < best_val:
+                best_val, best_params = v["loss"], jax.tree_util.tree_map(jnp.copy, state.params)
+            _log(workdir, dict(step=step + 1, **{f"val_{k}": x for k, x in v.items()}))
+            manager.save(step + 1, args=ocp.args.StandardSave(dict(
+                state=state, best_params=best_params, best_val=np.float32(best_val))))
+            manager.wait_until_finished()
+    bar.close()
+    train_seconds = time.time() - tic
+
+    store.save(os.path.join(out_dir, "params"), dict(params=best_params, mean=norm.mean, std=norm.std))
+    ae = load(workdir)
+    z = np.asarray(ae.encode(co["coeffs"]))
+    np.savez(os.path.join(out_dir, "latents.tmp.npz"), z=z, model_id=co["model_id"],
+             snapshot=co["snapshot"], split=co["split"])
+    os.replace(os.path.join(out_dir, "latents.tmp.npz"), os.path.join(out_dir, "latents.npz"))
+
+    from wsjax.evaluate import reconstruction
+    results = reconstruction.evaluate(workdir, config.eval, p=p, ae=ae, coeffs=co, rows=rows,
+                                      dataset=dataset, module=net, seed=config.seed)
+    results["ae"] = dict(best_val_loss=best_val, train_seconds=train_seconds,
+                         stage_seconds=time.time() - start_time, num_coeffs=p.num_coeffs,
+                         latent_dim=int(config.model.latent_dim))
+    reconstruction.write(out_dir, results)
+    logging.info("ae: done in %.1f s", time.time() - start_time)
+    return ae

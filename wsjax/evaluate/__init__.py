@@ -1,0 +1,1 @@
+"""Evaluation: logit metrics, reconstruction evaluation, the evaluate stage."""
