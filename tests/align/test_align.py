@@ -1,0 +1,160 @@
+"""Align stage specifications: losses against hand-computed values, the retrieval metric, the
+stage end to end on a fake zoo with fake AE latents, resume, and config consistency."""
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import align as align_configs
+from wsjax import align, encoders
+from wsjax.align import losses
+from wsjax.align import train as align_train
+from wsjax.common import config as config_lib
+from wsjax.common import store
+from wsjax.stages import run_stage
+from wsjax.zoo import store as zoo_store
+
+
+def _np_log_softmax(x, axis):
+    x = x - x.max(axis=axis, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=axis, keepdims=True))
+
+
+def test_nt_xent_matches_a_hand_computed_two_pair_case():
+    # unit vectors: a0 = b0 = e0, a1 = e1, b1 = (e0 + e1)/sqrt2; cosines by hand
+    a = np.array([[1.0, 0.0], [0.0, 1.0]])
+    b = np.array([[1.0, 0.0], [1.0, 1.0]])
+    t = 0.5
+    c = 1 / np.sqrt(2)
+    s = np.array([[1.0, c], [0.0, c]]) / t  # s[i, j] = cos(a_i, b_j) / t
+    row = [-(s[0, 0] - np.log(np.exp(s[0, 0]) + np.exp(s[0, 1]))),
+           -(s[1, 1] - np.log(np.exp(s[1, 0]) + np.exp(s[1, 1])))]
+    col = [-(s[0, 0] - np.log(np.exp(s[0, 0]) + np.exp(s[1, 0]))),
+           -(s[1, 1] - np.log(np.exp(s[0, 1]) + np.exp(s[1, 1])))]
+    expected = 0.5 * (np.mean(row) + np.mean(col))
+    assert np.isclose(float(losses.nt_xent(jnp.asarray(a), jnp.asarray(b), t)), expected, atol=1e-5)
+
+
+def test_multi_positive_averages_log_probs_of_every_same_group_pair():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    groups = np.array([0, 0, 1, 2])
+    t = 0.3
+    unit = lambda z: z / np.linalg.norm(z, axis=1, keepdims=True)  # noqa: E731
+    s = unit(a) @ unit(b).T / t
+    pos = groups[:, None] == groups[None, :]
+    lr, lc = _np_log_softmax(s, 1), _np_log_softmax(s, 0)
+    row = [-lr[i][pos[i]].mean() for i in range(4)]
+    col = [-lc[:, j][pos[:, j]].mean() for j in range(4)]
+    expected = 0.5 * (np.mean(row) + np.mean(col))
+    got = float(losses.multi_positive_infonce(jnp.asarray(a), jnp.asarray(b), jnp.asarray(groups), t))
+    assert np.isclose(got, expected, atol=1e-5)
+    # with every group distinct it is exactly NT-Xent
+    assert np.isclose(float(losses.multi_positive_infonce(a, b, jnp.arange(4), t)),
+                      float(losses.nt_xent(a, b, t)), atol=1e-6)
+
+
+def test_retrieval_top1_counts_own_key_and_same_group_keys():
+    keys = np.eye(4)
+    queries = np.array([[1, 0.1, 0, 0], [0.9, 1.0, 0, 0], [1.0, 0, 0.2, 0]])  # 3rd best-matches key 0
+    assert losses.retrieval_top1(queries, keys) == pytest.approx(2 / 3)
+    assert losses.retrieval_top1(queries, keys, group_ids=np.array([0, 1, 0, 2])) == 1.0
+    assert losses.retrieval_top1(queries, keys, metric="l2") == pytest.approx(2 / 3)
+
+
+def _fake_latents(workdir, dim=6, seed=0):
+    """ae/latents.npz whose z is a fixed function of the task and validation loss (+ noise)."""
+    rows = zoo_store.read_manifest(workdir)
+    rng = np.random.default_rng(seed)
+    class_dirs, loss_dir = rng.normal(size=(10, dim)), rng.normal(size=dim)
+    z = np.stack([class_dirs[list(r["classes"])].sum(0) + r["val_loss"] * loss_dir
+                  + 0.01 * rng.normal(size=dim) for r in rows]).astype(np.float32)
+    os.makedirs(os.path.join(workdir, "ae"), exist_ok=True)
+    np.savez(os.path.join(workdir, "ae", "latents.npz"), z=z,
+             model_id=np.array([r["model_id"] for r in rows]),
+             snapshot=np.array([r["snapshot"] for r in rows]), split=np.array([r["split"] for r in rows]))
+
+
+@pytest.fixture(scope="module")
+def fake_ae(fake_zoo, tmp_path_factory):
+    base = str(tmp_path_factory.mktemp("align_base"))
+    shutil.copytree(fake_zoo, base, dirs_exist_ok=True)
+    _fake_latents(base)
+    encoders.dataset_encoder(align_configs.get_config("tiny"), base)  # trains and caches the probe once
+    return base
+
+
+def _copy(src, tmp_path, name):
+    dst = str(tmp_path / name)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("metrics.json", "params", "ckpt", "log.jsonl"))
+    return dst
+
+
+def test_align_stage_writes_metrics_and_a_loadable_projector(fake_ae, tmp_path):
+    workdir = _copy(fake_ae, tmp_path, "w")
+    config = align_configs.get_config("tiny")
+    metrics = run_stage(config, workdir)
+    for key in ("train_top1", "train_group_top1", "val_top1", "val_group_top1", "val_r2", "val_chance"):
+        assert np.isfinite(metrics[key]), key
+    assert metrics["train_group_top1"] > 2 * metrics["train_chance"]
+    assert json.load(open(os.path.join(workdir, "align", "metrics.json"))) == metrics
+    assert os.path.getsize(os.path.join(workdir, "align", "log.jsonl")) > 0
+    a = align.load(workdir)
+    enc = encoders.dataset_encoder(config_lib.load(workdir, "align"), workdir)
+    feats = np.stack([enc.task_features((0, 1, 2)), enc.task_features((3, 4, 5))])
+    z = a.project(feats, np.array([0.5, 2.0], np.float32), np.array([0.9, 0.5], np.float32))
+    assert z.shape == (2, 6) and np.all(np.isfinite(z))
+    # a rerun of a finished stage changes nothing
+    before = os.path.getmtime(os.path.join(workdir, "align", "metrics.json"))
+    assert run_stage(config, workdir) == metrics
+    assert os.path.getmtime(os.path.join(workdir, "align", "metrics.json")) == before
+
+
+def test_killed_align_run_resumes_to_the_same_params(fake_ae, tmp_path):
+    config = align_configs.get_config("tiny")
+    config.loss = "nt_xent"
+    config.results.use_accuracy = True
+    full = _copy(fake_ae, tmp_path, "full")
+    run_stage(config, full)
+    killed = _copy(fake_ae, tmp_path, "killed")
+    config_lib.save(config, killed, "align")
+    assert align_train.train(config, killed, stop_at=config.checkpoint_every + 3) is None  # killed mid-run
+    run_stage(config, killed)
+    p_full = store.restore(os.path.join(full, "align", "params"))
+    p_killed = store.restore(os.path.join(killed, "align", "params"))
+    for x, y in zip(jax.tree_util.tree_leaves(p_full), jax.tree_util.tree_leaves(p_killed)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    steps = [json.loads(l)["step"] for l in open(os.path.join(killed, "align", "log.jsonl"))]
+    assert steps == sorted(set(steps))  # no duplicated log lines after the resume
+
+
+def test_missing_latents_is_a_clear_error(fake_zoo, tmp_path):
+    workdir = str(tmp_path / "w")
+    shutil.copytree(fake_zoo, workdir, ignore=shutil.ignore_patterns("ae"))
+    with pytest.raises(config_lib.ConfigError, match="latents.npz not found"):
+        align_train.train(align_configs.get_config("tiny"), workdir)
+
+
+def test_bad_loss_name_is_a_clear_error():
+    config = align_configs.get_config("tiny")
+    config.loss = "triplet"
+    with pytest.raises(config_lib.ConfigError, match="config.loss must be one of"):
+        align_train.check_config(config)
+
+
+def test_imagenet_preset_is_the_thesis_setup():
+    c = align_configs.get_config("imagenet")
+    assert c.stage == "align" and c.encoder.kind == "clip" and c.encoder.clip_path
+    assert c.results.dim == 512  # the thesis's result embedding
+    assert len(c.encoder.clip_mean) == len(c.encoder.clip_std) == 3
+    assert c.batch_size <= c.retrieval_batch and c.warmup_steps < c.num_steps
+    assert c.checkpoint_every <= c.num_steps and c.eval_every <= c.num_steps
+    align_train.check_config(c)
+    for preset in ("tiny", None):
+        align_train.check_config(align_configs.get_config(preset))
+    with pytest.raises(ValueError):
+        align_configs.get_config("huge")

@@ -1,0 +1,58 @@
+"""Align stage: (dataset, results) -> z_proj in the weight latent space. `align.load(workdir)`."""
+import os
+
+import jax
+import numpy as np
+
+from wsjax.common import config as config_lib
+from wsjax.common import store
+from wsjax.common.config import require
+from wsjax.align import losses  # noqa: F401
+from wsjax.align import model as model_lib
+from wsjax.encoders import results
+
+
+class Aligner:
+    """A trained shared encoder: `project(task_features, val_loss[, val_accuracy]) -> z_proj`."""
+
+    def __init__(self, config, params, stats):
+        self.config, self.params, self.stats = config, params, stats
+        self.use_accuracy = bool(config.results.use_accuracy)
+        num_bins = [len(stats["loss_edges"]) + 1] + ([len(stats["acc_edges"]) + 1] if self.use_accuracy else [])
+        self.module = model_lib.build(config, num_bins, stats["z_mean"].shape[0])
+        self._apply = jax.jit(self.module.apply)
+
+    def bins(self, val_loss, val_accuracy=None):
+        cols = [results.to_bin(self.stats["loss_edges"], np.atleast_1d(val_loss))]
+        if self.use_accuracy:
+            require(val_accuracy is not None, "this aligner conditions on accuracy: pass val_accuracy")
+            cols.append(results.to_bin(self.stats["acc_edges"], np.atleast_1d(val_accuracy)))
+        return np.stack(cols, axis=1)
+
+    def project_standardised(self, task_features, val_loss, val_accuracy=None):
+        s = self.stats
+        feats = (np.asarray(task_features, np.float32) - s["feat_mean"]) / s["feat_std"]
+        return np.asarray(self._apply({"params": self.params}, feats, self.bins(val_loss, val_accuracy)))
+
+    def project(self, task_features, val_loss, val_accuracy=None):
+        """z_proj [N, D] in the AE latent space from task features [N, k*F] and results [N]."""
+        s = self.stats
+        return s["z_mean"] + s["z_std"] * self.project_standardised(task_features, val_loss, val_accuracy)
+
+
+def paths(workdir):
+    d = os.path.join(workdir, "align")
+    return dict(params=os.path.join(d, "params"), stats=os.path.join(d, "stats.npz"),
+                metrics=os.path.join(d, "metrics.json"), ckpt=os.path.join(d, "ckpt"),
+                log=os.path.join(d, "log.jsonl"))
+
+
+def load(workdir):
+    """The Aligner the align stage trained in `workdir`; a clear error if it has not finished."""
+    p = paths(workdir)
+    require(store.exists(p["params"]) and os.path.exists(p["stats"]),
+            f"{p['params']} not found: run the 'align' stage with this --workdir first")
+    config = config_lib.load(workdir, "align")
+    with np.load(p["stats"]) as f:
+        stats = {k: f[k] for k in f.files}
+    return Aligner(config, store.restore(p["params"])["params"], stats)

@@ -1,0 +1,228 @@
+"""Align stage: train the shared encoder against the frozen z_weight of the zoo's train snapshots.
+
+Reads zoo/models.csv and ae/latents.npz; writes align/{features_<kind>.npz, stats.npz, ckpt/,
+params/, log.jsonl, metrics.json}. Resumable: the Orbax CheckpointManager in align/ckpt holds the
+training state, batches depend only on (seed, step), so a killed run rerun gives the same result.
+"""
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from tqdm import tqdm
+
+from wsjax import align, encoders
+from wsjax.align import losses
+from wsjax.align import model as model_lib
+from wsjax.common import config as config_lib
+from wsjax.common import store
+from wsjax.common.config import require
+from wsjax.encoders import results
+from wsjax.zoo import store as zoo_store
+
+LOSSES = ("nt_xent", "multi_positive")
+
+
+def check_config(config):
+    require(config.loss in LOSSES, f"config.loss must be one of {LOSSES}, got {config.loss!r}")
+    require(config.temperature > 0, f"config.temperature must be > 0, got {config.temperature}")
+    require(config.results.num_bins >= 1, f"config.results.num_bins must be >= 1, got {config.results.num_bins}")
+    require(config.results.dim >= 1, f"config.results.dim must be >= 1, got {config.results.dim}")
+    require(config.regression_weight >= 0, f"config.regression_weight must be >= 0, got {config.regression_weight}")
+    require(config.batch_size >= 2, f"config.batch_size must be >= 2, got {config.batch_size}")
+    require(config.num_steps >= 1, f"config.num_steps must be >= 1, got {config.num_steps}")
+    require(config.learning_rate > 0, f"config.learning_rate must be > 0, got {config.learning_rate}")
+    require(config.retrieval_batch >= 2, f"config.retrieval_batch must be >= 2, got {config.retrieval_batch}")
+
+
+def load_latents(workdir):
+    path = os.path.join(workdir, "ae", "latents.npz")
+    require(os.path.exists(path), f"{path} not found: run the 'ae' stage with this --workdir first")
+    with np.load(path) as f:
+        missing = {"z", "model_id", "snapshot", "split"} - set(f.files)
+        require(not missing, f"{path} lacks arrays {sorted(missing)}: rerun the 'ae' stage")
+        return {k: f[k] for k in f.files}
+
+
+def prepare(config, workdir):
+    """Arrays per snapshot (features, bins, groups, targets) for the train and val splits, and stats."""
+    lat = load_latents(workdir)
+    rows = {(r["model_id"], r["snapshot"]): r for r in zoo_store.read_manifest(workdir)}
+    keep = [i for i in range(len(lat["z"]))
+            if rows.get((int(lat["model_id"][i]), str(lat["snapshot"][i])), {}).get("status") == "ok"]
+    picked = [rows[(int(lat["model_id"][i]), str(lat["snapshot"][i]))] for i in keep]
+    split = np.asarray([str(s) for s in lat["split"][keep]])
+    train = split == "train"
+    require(train.sum() >= 2, f"{workdir}/ae/latents.npz has {train.sum()} usable train snapshots; need >= 2")
+    enc = encoders.dataset_encoder(config, workdir)
+    feats = np.stack([enc.task_features(r["classes"]) for r in picked]).astype(np.float32)
+    loss = np.asarray([r["val_loss"] for r in picked], np.float32)
+    acc = np.asarray([r["val_accuracy"] for r in picked], np.float32)
+    n = int(config.results.num_bins)
+    stats = dict(loss_edges=results.bin_edges(loss[train], n),
+                 acc_edges=results.bin_edges(acc[train], n) if config.results.use_accuracy else np.zeros(0, np.float32))
+    bins = [results.to_bin(stats["loss_edges"], loss)]
+    if config.results.use_accuracy:
+        bins.append(results.to_bin(stats["acc_edges"], acc))
+    bins = np.stack(bins, 1)
+    z = np.asarray(lat["z"][keep], np.float32)
+    stats.update(feat_mean=feats[train].mean(0), feat_std=feats[train].std(0) + 1e-6,
+                 z_mean=z[train].mean(0), z_std=z[train].std(0) + 1e-6)
+    # Multi-positive groups: snapshots of one task whose results fall in the same bins.
+    keys = [(tuple(r["classes"]),) + tuple(b) for r, b in zip(picked, bins.tolist())]
+    group = np.asarray([sorted(set(keys)).index(k) for k in keys], np.int32)
+    data = dict(feats=(feats - stats["feat_mean"]) / stats["feat_std"], bins=bins.astype(np.int32),
+                z=(z - stats["z_mean"]) / stats["z_std"], group=group)
+    split_data = {s: {k: v[split == s] for k, v in data.items()} for s in ("train", "val")}
+    return split_data, {k: np.asarray(v, np.float32) for k, v in stats.items()}, len(stats["loss_edges"]) + 1
+
+
+def make_loss(module, config):
+    def loss_fn(params, batch):
+        z_proj = module.apply({"params": params}, batch["feats"], batch["bins"])
+        if config.loss == "nt_xent":
+            c = losses.nt_xent(z_proj, batch["z"], config.temperature)
+        else:
+            c = losses.multi_positive_infonce(z_proj, batch["z"], batch["group"], config.temperature)
+        mse = jnp.mean((z_proj - batch["z"]) ** 2)  # standardised: 1.0 = predicting the mean
+        return c + config.regression_weight * mse, dict(contrastive=c, mse=mse)
+    return loss_fn
+
+
+def make_step(module, tx, config):
+    loss_fn = make_loss(module, config)
+
+    def step(state, batch):
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        return dict(params=params, opt_state=opt_state, step=state["step"] + 1), dict(loss=loss, **aux)
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def evaluate(module, params, data, config):
+    """Retrieval top-1 (exact snapshot and same task+bin group), cosine and R² of z_proj vs z_weight."""
+    out = {}
+    proj = {s: np.asarray(module.apply({"params": params}, d["feats"], d["bins"])) for s, d in data.items()}
+    n_keys = int(config.retrieval_batch)
+    for s in ("train", "val"):
+        d, zp = data[s], proj[s]
+        if len(zp) == 0:
+            continue
+        q = min(len(zp), n_keys)
+        # keys: the queries' own latents first, then train latents as distractors up to n_keys
+        others = data["train"] if s == "val" else {k: v[q:] for k, v in data["train"].items()}
+        fill = max(0, n_keys - q)
+        keys = np.concatenate([d["z"][:q], others["z"][:fill]])
+        groups = np.concatenate([d["group"][:q], others["group"][:fill]])
+        out[f"{s}_num_keys"] = int(len(keys))
+        out[f"{s}_top1"] = losses.retrieval_top1(zp[:q], keys)
+        out[f"{s}_group_top1"] = losses.retrieval_top1(zp[:q], keys, groups)
+        out[f"{s}_top1_l2"] = losses.retrieval_top1(zp[:q], keys, metric="l2")
+        out[f"{s}_group_top1_l2"] = losses.retrieval_top1(zp[:q], keys, groups, metric="l2")
+        out[f"{s}_chance"] = 1.0 / len(keys)
+        out[f"{s}_mse"] = float(np.mean((zp - d["z"]) ** 2))
+        out[f"{s}_r2"] = float(1 - ((zp - d["z"]) ** 2).sum() / (d["z"] ** 2).sum())
+        unit = lambda z: z / (np.linalg.norm(z, axis=1, keepdims=True) + 1e-12)  # noqa: E731
+        out[f"{s}_pair_cosine"] = float(np.mean((unit(zp) * unit(d["z"])).sum(1)))
+        if config.loss == "nt_xent":
+            out[f"{s}_contrastive"] = float(losses.nt_xent(zp[:q], d["z"][:q], config.temperature))
+        else:
+            out[f"{s}_contrastive"] = float(losses.multi_positive_infonce(
+                zp[:q], d["z"][:q], d["group"][:q], config.temperature))
+    return out
+
+
+def _batch(data, step, config):
+    n = len(data["z"])
+    if n <= config.batch_size:
+        return data
+    idx = np.random.default_rng([config.seed, step]).choice(n, config.batch_size, replace=False)
+    return {k: v[idx] for k, v in data.items()}
+
+
+def _truncate_log(path, last_step):
+    """Drops log lines past the restored step, so a resumed run's log reads like an unbroken one."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= last_step]
+    with open(path, "w") as f:
+        f.writelines(lines)
+
+
+def train(config, workdir, stop_at=None):
+    """Trains to config.num_steps (or stops after `stop_at` steps, as a kill would); returns metrics."""
+    check_config(config)
+    p = align.paths(workdir)
+    config_lib.stage_dir(workdir, "align")
+    data, stats, num_loss_bins = prepare(config, workdir)
+    num_bins = [num_loss_bins] + ([num_loss_bins] if config.results.use_accuracy else [])
+    module = model_lib.build(config, num_bins, data["train"]["z"].shape[1])
+    key = jax.random.key(config.seed)
+    params = module.init(key, data["train"]["feats"][:1], data["train"]["bins"][:1])["params"]
+    schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps,
+                                                  max(config.num_steps, config.warmup_steps + 1))
+    tx = optax.adamw(schedule, weight_decay=config.weight_decay)
+    state = dict(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32))
+    manager = ocp.CheckpointManager(os.path.abspath(p["ckpt"]), options=ocp.CheckpointManagerOptions(
+        max_to_keep=2, enable_async_checkpointing=False))
+    start = manager.latest_step() or 0
+    if start:
+        try:
+            state = manager.restore(start, args=ocp.args.StandardRestore(state))
+        except Exception as e:
+            raise config_lib.ConfigError(f"align checkpoint {p['ckpt']} could not be read "
+                                         f"({type(e).__name__}): delete it and rerun the align stage") from e
+    _truncate_log(p["log"], start)
+    step_fn = make_step(module, tx, config)
+    state = jax.device_put(state)
+    train_data = {k: jnp.asarray(v) for k, v in data["train"].items()} \
+        if len(data["train"]["z"]) <= config.batch_size else data["train"]
+    end = config.num_steps if stop_at is None else min(config.num_steps, stop_at)
+    t0 = time.time()
+    with open(p["log"], "a") as log, tqdm(total=config.num_steps, initial=start, desc="align") as bar:
+        for step in range(start, end):
+            state, m = step_fn(state, _batch(train_data, step, config))
+            done = step + 1
+            if done % config.eval_every == 0 or done == config.num_steps:
+                rec = dict(step=done, **{k: float(v) for k, v in m.items()},
+                           **evaluate(module, state["params"], data, config))
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", val_top1=f"{rec.get('val_top1', float('nan')):.2f}")
+            if done % config.checkpoint_every == 0 or done == config.num_steps:
+                manager.save(done, args=ocp.args.StandardSave(jax.tree_util.tree_map(np.asarray, state)))
+            bar.update(1)
+    manager.wait_until_finished()
+    if end < config.num_steps:
+        return None
+    metrics = evaluate(module, state["params"], data, config)
+    metrics.update(num_train=int(len(data["train"]["z"])), num_val=int(len(data["val"]["z"])),
+                   num_groups_train=int(len(np.unique(data["train"]["group"]))),
+                   encoder=config.encoder.kind, loss=config.loss, train_seconds=round(time.time() - t0, 2))
+    np.savez(p["stats"] + ".tmp.npz", **stats)
+    os.replace(p["stats"] + ".tmp.npz", p["stats"])
+    store.save(p["params"], {"params": jax.tree_util.tree_map(np.asarray, state["params"])})
+    with open(p["metrics"] + ".tmp", "w") as f:
+        json.dump(metrics, f, indent=2)
+    os.replace(p["metrics"] + ".tmp", p["metrics"])
+    return metrics
+
+
+def run(config, workdir):
+    p = align.paths(workdir)
+    if os.path.exists(p["metrics"]) and store.exists(p["params"]):
+        logging.info("align: %s exists; delete align/ to retrain", p["metrics"])
+        return json.load(open(p["metrics"]))
+    metrics = train(config, workdir)
+    logging.info("align: %s", metrics)
+    print("align: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()
+                                if k.startswith("val_") and isinstance(v, float)))
+    return metrics
