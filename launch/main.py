@@ -31,7 +31,8 @@ def main(argv):
     del argv
     if _CONFIG.value is None:
         sys.exit("error: --config is required, e.g. --config=configs/zoo.py:tiny")
-    logging.set_verbosity(logging.INFO)
+    if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO: quiet by default
+        logging.set_verbosity(logging.WARNING)
     try:
         run_stage(_CONFIG.value, _WORKDIR.value)
     except config_lib.ConfigError as e:

@@ -1,0 +1,68 @@
+"""The whole pipeline at CI size (configs/demo.py:tiny), run once, then checked stage by stage."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from configs import demo
+from wsjax import data, models
+from wsjax.common import config as config_lib
+from wsjax.models import inference
+from wsjax.stages import run_stage
+from wsjax.zoo import load_model, read_manifest
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("demo_tiny"))
+    run_stage(demo.get_config("tiny"), workdir)
+    return workdir
+
+
+def test_held_out_class_sets_never_reach_a_zoo_model(pipeline):
+    zoo_config = config_lib.load(pipeline, "zoo")
+    held = set(data.task_set(zoo_config.tasks, 10).held_out)
+    assert held
+    assert not {r["classes"] for r in read_manifest(pipeline)} & held
+
+
+def test_sampled_networks_load_with_the_zoo_loader_and_classify(pipeline):
+    sample_dirs = [d for d in os.listdir(os.path.join(pipeline, "sample")) if not d.endswith(".json")]
+    assert len(sample_dirs) == 1
+    root = os.path.join("sample", sample_dirs[0])
+    rows = read_manifest(pipeline, root=root)
+    assert len(rows) == demo.get_config("tiny").sample.num_samples
+    module, variables, row = load_model(pipeline, 0, "final", root=root)
+    zoo_config = config_lib.load(pipeline, "zoo")
+    dataset = data.load(zoo_config.data)
+    x, y = data.task_split(dataset, row["classes"], "val")
+    loss, acc = inference.loss_accuracy(module, variables, x, y)
+    assert np.isfinite(loss) and abs(acc - row["val_accuracy"]) < 1e-6
+    # the sampled request was a held-out class set (the sample config's default)
+    assert row["classes"] in data.task_set(zoo_config.tasks, 10).held_out
+    assert models.count_params(variables["params"]) == models.count_params(
+        load_model(pipeline, 0, "final")[1]["params"])
+
+
+def test_evaluate_writes_every_plot_and_metric(pipeline):
+    out = os.path.join(pipeline, "evaluate")
+    for name in ("metrics.json", "report.md", "records.json", "target_vs_achieved.png", "heatmap.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    for kind in ("train", "held_out"):
+        m = metrics[kind]
+        for key in ("r2_loss", "accuracy", "copy_accuracy", "mean_model_accuracy",
+                    "random_init_accuracy", "best_accuracy_vs_zoo_median", "memorisation_agreement"):
+            assert np.isfinite(m[key]), (kind, key)
+        assert 0.0 <= m["accuracy"] <= 1.0
+    assert "ae" in metrics and "align" in metrics
+
+
+def test_rerunning_the_demo_is_a_no_op(pipeline):
+    before = {f: os.path.getmtime(os.path.join(pipeline, "evaluate", f))
+              for f in os.listdir(os.path.join(pipeline, "evaluate"))}
+    run_stage(demo.get_config("tiny"), pipeline)
+    after = {f: os.path.getmtime(os.path.join(pipeline, "evaluate", f))
+             for f in os.listdir(os.path.join(pipeline, "evaluate"))}
+    assert before.items() <= after.items()

@@ -1,0 +1,2 @@
+"""Conditional sampling: (class set, target result) -> ResNet-18 weights."""
+from wsjax.sample.generate import Generator

@@ -1,0 +1,47 @@
+"""(class set, target result) -> z_proj -> AE decoder -> inverse PCA -> ResNet-18 variables."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wsjax import ae, align, data, encoders, models, pca
+from wsjax.common import config as config_lib
+from wsjax.models import bn
+
+
+class Generator:
+    """Everything sampling needs, loaded once from a workdir that ran zoo..align."""
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.zoo_config = config_lib.load(workdir, "zoo")
+        self.dataset = data.load(self.zoo_config.data)
+        self.module = models.build(self.zoo_config.model, self.zoo_config.tasks.k)
+        self.encoder = encoders.dataset_encoder(config_lib.load(workdir, "align"), workdir)
+        self.aligner = align.load(workdir)
+        self.autoencoder = ae.load(workdir)
+        self.pca = pca.load(workdir)
+        latents = np.load(f"{workdir}/ae/latents.npz")
+        self.latent_std = latents["z"][latents["split"] == "train"].std(0)
+        self._decode = jax.jit(jax.vmap(functools.partial(pca.decode, self.pca)))
+
+    def latents(self, class_sets, losses, accuracies, *, key=None, noise=0.0):
+        """z_proj [N, D] for N requests, plus `noise` x train-latent std of Gaussian noise."""
+        feats = np.stack([self.encoder.task_features(tuple(c)) for c in class_sets])
+        z = self.aligner.project(feats, np.asarray(losses, np.float32),
+                                 np.asarray(accuracies, np.float32))
+        if noise:
+            z = z + noise * self.latent_std * jax.random.normal(key, z.shape)
+        return jnp.asarray(z)
+
+    def weights(self, z):
+        """Stacked variables [N, ...] decoded from latents [N, D]."""
+        return self._decode(self.autoencoder.decode(z))
+
+    def recalibrate(self, variables, classes, *, num_batches, batch_size, seed=0):
+        """BatchNorm statistics re-estimated on the task's own train images."""
+        idx, _ = data.task_indices(self.dataset.y_train, classes)
+        images = self.dataset.x_train[np.random.default_rng(seed).permutation(idx)]
+        return bn.recalibrate(self.module, variables, images, num_batches=num_batches,
+                              batch_size=batch_size)
