@@ -44,9 +44,9 @@ def get_config(arg=None):
         momentum=(0.8, 0.95),          # uniform, SGD only
         weight_decay=(1e-5, 1e-3),     # log-uniform
         early_epoch=(1, 2),            # uniform integer (thesis: U(5, 10))
-        max_epoch_mean=5.0,            # truncated normal (thesis: N(100, 15) clipped to [50, 150])
+        max_epoch_mean=4.0,            # truncated normal (thesis: N(100, 15) clipped to [50, 150])
         max_epoch_std=1.0,
-        max_epoch_range=(4, 6),        # default preset sized for <= 5 min on 2 CPU cores
+        max_epoch_range=(3, 5),        # default preset sized for <= 5 min on 2 CPU cores
     ))
     c.strategy = "auto"    # 'auto' | 'unroll' | 'vmap' | 'sequential'
     c.cohort_size = 2      # models unrolled in one jitted call (per device); CPU: 2 measured best

@@ -28,7 +28,7 @@ def get_config(arg=None):
     c.matmul_size = 2048   # the peak-FLOP/s reference matmul is [n, n] x [n, n] fp32
     if preset == "tiny":
         c.num_models = 4
-        c.steps = 8
+        c.steps = 16
         c.matmul_size = 1024
     elif preset != "default":
         raise ValueError(f"unknown bench_zoo preset {preset!r}: use 'tiny' or 'default'")
