@@ -37,12 +37,14 @@ def get_config(arg=None):
     c.temperature = 0.1
     c.regression_weight = 1.0  # + weight x MSE of standardised z_proj vs z_weight (0 = contrastive only)
     c.batch_size = 256         # train snapshots per step (all of them if fewer)
-    c.num_steps = 1500
+    # ~200 train snapshots: longer training memorises them (train top-1 0.8) and held-out R² of
+    # z_proj falls below 0 (measured on the demo zoo: 0.16 at 200 steps, -0.36 at 1500)
+    c.num_steps = 200
     c.learning_rate = 1e-3
     c.weight_decay = 1e-4
-    c.warmup_steps = 50
-    c.eval_every = 250
-    c.checkpoint_every = 500
+    c.warmup_steps = 20
+    c.eval_every = 50
+    c.checkpoint_every = 100
     c.retrieval_batch = 256    # validation keys: held-out snapshots + train snapshots as distractors
 
     if preset == "tiny":

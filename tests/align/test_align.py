@@ -39,7 +39,7 @@ def test_nt_xent_matches_a_hand_computed_two_pair_case():
     assert np.isclose(float(losses.nt_xent(jnp.asarray(a), jnp.asarray(b), t)), expected, atol=1e-5)
 
 
-def test_multi_positive_averages_log_probs_of_every_same_group_pair():
+def test_multi_positive_sums_the_probability_of_every_same_group_pair():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
     groups = np.array([0, 0, 1, 2])
@@ -47,12 +47,18 @@ def test_multi_positive_averages_log_probs_of_every_same_group_pair():
     unit = lambda z: z / np.linalg.norm(z, axis=1, keepdims=True)  # noqa: E731
     s = unit(a) @ unit(b).T / t
     pos = groups[:, None] == groups[None, :]
-    lr, lc = _np_log_softmax(s, 1), _np_log_softmax(s, 0)
-    row = [-lr[i][pos[i]].mean() for i in range(4)]
-    col = [-lc[:, j][pos[:, j]].mean() for j in range(4)]
+    pr = np.exp(s) / np.exp(s).sum(1, keepdims=True)  # anchor a_i over keys b_j
+    pc = np.exp(s) / np.exp(s).sum(0, keepdims=True)  # anchor b_j over keys a_i
+    row = [-np.log(pr[i][pos[i]].sum()) for i in range(4)]
+    col = [-np.log(pc[:, j][pos[:, j]].sum()) for j in range(4)]
     expected = 0.5 * (np.mean(row) + np.mean(col))
     got = float(losses.multi_positive_infonce(jnp.asarray(a), jnp.asarray(b), jnp.asarray(groups), t))
     assert np.isclose(got, expected, atol=1e-5)
+    # identical anchors in one group: no penalty for preferring one positive over the other
+    a2 = np.array([[1.0, 0.0], [1.0, 0.0]])
+    b2 = np.array([[1.0, 0.0], [0.0, 1.0]])
+    assert float(losses.multi_positive_infonce(a2, b2, jnp.array([0, 0]), 0.1)) < 1e-6
+    assert float(losses.nt_xent(a2, b2, 0.1)) > 0.6
     # with every group distinct it is exactly NT-Xent
     assert np.isclose(float(losses.multi_positive_infonce(a, b, jnp.arange(4), t)),
                       float(losses.nt_xent(a, b, t)), atol=1e-6)
@@ -98,7 +104,8 @@ def test_align_stage_writes_metrics_and_a_loadable_projector(fake_ae, tmp_path):
     workdir = _copy(fake_ae, tmp_path, "w")
     config = align_configs.get_config("tiny")
     metrics = run_stage(config, workdir)
-    for key in ("train_top1", "train_group_top1", "val_top1", "val_group_top1", "val_r2", "val_chance"):
+    for key in ("train_top1", "train_group_top1", "val_top1", "val_group_top1", "val_r2", "val_chance",
+                "val_top1_with_train_keys"):
         assert np.isfinite(metrics[key]), key
     assert metrics["train_group_top1"] > 2 * metrics["train_chance"]
     assert json.load(open(os.path.join(workdir, "align", "metrics.json"))) == metrics

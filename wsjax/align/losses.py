@@ -26,16 +26,18 @@ def nt_xent(z_a, z_b, temperature):
 
 
 def multi_positive_infonce(z_a, z_b, group_ids, temperature):
-    """Symmetric InfoNCE where every pair (i, j) with group_ids[i] == group_ids[j] is positive.
+    """Symmetric multi-positive InfoNCE: each anchor maximises the summed probability of every
+    pair in its group (group_ids[i] == group_ids[j]); with all groups distinct it is `nt_xent`.
 
-    Each anchor averages the log-probabilities of its positives (SupCon's L_out); with all
-    groups distinct it equals `nt_xent`.
+    The summed form (MIL-NCE) matters: averaging the positives' log-probabilities instead
+    (SupCon's L_out) equals NT-Xent exactly whenever positives share identical inputs, as
+    snapshots of one task and results bin do here.
     """
     logits = cosine_logits(z_a, z_b, temperature)
-    pos = (group_ids[:, None] == group_ids[None, :]).astype(logits.dtype)
-    n_pos = pos.sum(1)
-    row = (pos * jax.nn.log_softmax(logits, axis=1)).sum(1) / n_pos
-    col = (pos * jax.nn.log_softmax(logits, axis=0)).sum(0) / n_pos  # pos is symmetric
+    pos = group_ids[:, None] == group_ids[None, :]
+    masked = jnp.where(pos, logits, -jnp.inf)
+    row = jax.nn.logsumexp(masked, axis=1) - jax.nn.logsumexp(logits, axis=1)
+    col = jax.nn.logsumexp(masked, axis=0) - jax.nn.logsumexp(logits, axis=0)
     return -0.5 * (row.mean() + col.mean())
 
 
