@@ -14,8 +14,11 @@ def get_config(arg=None):
     c.seed = 0
     c.model = ml_collections.ConfigDict(dict(
         hidden=(1024,),            # encoder widths (the decoder mirrors them)
-        latent_dim=128,            # z_weight size
+        latent_dim=512,            # z_weight size
         activation="gelu",
+        linear=True,               # linear path initialised from PCA + zero-init MLP residual
+        shrinkage=0.1,             # linear init: covariance shrunk toward its diagonal (K x K eigh)
+        norm="segment",            # 'segment': one scale per PCA segment; 'coordinate': thesis
     ))
     c.train = ml_collections.ConfigDict(dict(
         steps=1500,
@@ -34,7 +37,8 @@ def get_config(arg=None):
         layerwise=1.0,             # (b) each PCA segment's error relative to its own variance
         behaviour=1.0,             # (c) KL of decoded vs original logits on probe inputs
         temperature=2.0,
-        behaviour_models=8,        # models of each batch that get the behaviour loss
+        behaviour_models=4,        # models of each batch that get the behaviour loss
+        batching="unroll",         # behaviour nets: 'unroll' (CPU) or 'vmap' (GPU/TPU)
     ))
     c.probe = ml_collections.ConfigDict(dict(
         num_real=24,               # real train images of the model's own task, per model
@@ -56,10 +60,12 @@ def get_config(arg=None):
         c.eval.update(num_noise=32, max_val_images=64, recal_batches=2, recal_batch_size=32)
     elif preset == "imagenet":
         c.model.hidden = (4096, 2048)
-        c.model.latent_dim = 512
+        c.model.latent_dim = 1024
+        c.model.shrinkage = 0.0   # K x K eigh is too big at this K: plain PCA of the train rows
         c.train.update(steps=50_000, batch_size=64, warmup_steps=1000, checkpoint_every=2000,
                        log_every=200)
         c.loss.behaviour_models = 16
+        c.loss.batching = "vmap"
         c.probe.update(num_real=64, num_noise=16)
         c.eval.update(num_noise=512, max_val_images=1000, recal_batches=16, recal_batch_size=128)
     elif preset != "default":

@@ -53,6 +53,10 @@ def check_config(config):
     require(l.temperature > 0, f"config.loss.temperature must be > 0, got {l.temperature}")
     require(1 <= l.behaviour_models <= t.batch_size,
             f"config.loss.behaviour_models must be in [1, train.batch_size], got {l.behaviour_models}")
+    require(config.model.norm in ("segment", "coordinate"),
+            f"config.model.norm must be 'segment' or 'coordinate', got {config.model.norm!r}")
+    require(config.loss.batching in ("unroll", "vmap"),
+            f"config.loss.batching must be 'unroll' or 'vmap', got {config.loss.batching!r}")
     require(config.probe.num_real + config.probe.num_noise >= 1,
             "config.probe.num_real + num_noise must be >= 1")
 
@@ -64,8 +68,13 @@ class Normaliser:
         self.mean, self.std = jnp.asarray(mean), jnp.asarray(std)
 
     @classmethod
-    def fit(cls, coeffs):
+    def fit(cls, coeffs, segments=None):
+        """Per coordinate, or with `segments` one scale per PCA segment (its total std), which
+        keeps each segment's low-variance tail components small instead of blowing them up."""
         mean, std = coeffs.mean(0), coeffs.std(0)
+        if segments is not None:
+            for _, a, b, _ in segments:
+                std[a:b] = np.sqrt((std[a:b] ** 2).sum())
         # Constant coordinates (nothing to learn) keep unit scale instead of dividing by ~0.
         std = np.where(std > 1e-8 * max(std.max(), 1e-30), std, 1.0)
         return cls(mean.astype(np.float32), std.astype(np.float32))
@@ -145,7 +154,7 @@ def make_loss_fn(module, net, p, norm, lw_weights, loss_cfg):
         if loss_cfg.behaviour:
             m = probes.shape[0]
             terms["behaviour"] = losses.behaviour(net, p, norm.inverse(recon[:m]), probes, targets,
-                                                  loss_cfg.temperature)
+                                                  loss_cfg.temperature, loss_cfg.batching)
         total = sum(loss_cfg[k] * v for k, v in terms.items())
         return total, dict(terms, loss=total)
     return loss_fn
@@ -174,9 +183,11 @@ def run(config, workdir):
     net = models.build(zoo_config.model, zoo_config.tasks.k)
     dataset = data.load(zoo_config.data)
 
-    norm = Normaliser.fit(co["coeffs"][train_idx])
+    norm = Normaliser.fit(co["coeffs"][train_idx],
+                          p.segments if config.model.norm == "segment" else None)
     x_all = np.asarray(norm(co["coeffs"]))
-    lw_weights = jnp.asarray(losses.layerwise_weights(np.asarray(norm.std), p.segments))
+    lw_weights = jnp.asarray(losses.layerwise_weights(
+        co["coeffs"][train_idx].std(0), np.asarray(norm.std), p.segments))
     use_beh = config.loss.behaviour > 0
     fit_idx = np.concatenate([train_idx, val_idx])
     if use_beh:
@@ -192,6 +203,9 @@ def run(config, workdir):
                      optax.adamw(schedule, weight_decay=t.weight_decay))
     base = jax.random.key(config.seed)
     params = module.init(jax.random.fold_in(base, 0), jnp.zeros((1, p.num_coeffs)))["params"]
+    if config.model.linear:
+        params = model_lib.pca_init(params, x_all[train_idx], config.model.latent_dim,
+                                    config.model.shrinkage)
     state = train_state.TrainState.create(apply_fn=module.apply, params=params, tx=tx)
     loss_fn = make_loss_fn(module, net, p, norm, lw_weights, config.loss)
     b_beh = int(config.loss.behaviour_models)
@@ -234,6 +248,10 @@ def run(config, workdir):
             raise config_lib.ConfigError(f"ae checkpoint {ckpt_dir} could not be read "
                                          f"({type(e).__name__}): delete it and rerun the ae stage") from e
     state, best_params, best_val = ckpt["state"], ckpt["best_params"], float(ckpt["best_val"])
+    if not start:  # the initial (linear PCA) AE is a candidate too: training must beat it on val
+        v = validate(state.params)
+        best_val, best_params = v["loss"], jax.tree_util.tree_map(jnp.copy, state.params)
+        _log(workdir, dict(step=0, **{f"val_{k}": x for k, x in v.items()}))
 
     bar = tqdm(range(start, t.steps), desc="ae train", unit="step", initial=start, total=t.steps)
     tic = time.time()
