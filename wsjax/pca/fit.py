@@ -9,6 +9,7 @@ together with the parameters); `decode` floors running variances at `var_floor` 
 network never takes rsqrt of a negative number. Sampled models are recalibrated later anyway.
 """
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -118,42 +119,51 @@ def choose_solver(n, rank, pca_cfg):
     return "rsvd" if sketch * (2 * int(pca_cfg.power_iters) + 3) < n else "gram"
 
 
+@functools.partial(jax.jit, static_argnames=("rank", "solver", "oversample", "power_iters"))
+def _decompose(x, keys, *, rank, solver, oversample, power_iters):
+    """Fused per-leaf fit of a same-shaped stack x [b, n, d]: one jitted program computes the
+    mean, the variance and the top-`rank` spectrum of the centred rows (no host round trips)."""
+    mean = x.mean(1)                                                  # [b, d]
+    xc = x - mean[:, None]
+    total = jnp.sum(xc * xc, axis=(1, 2))                             # [b]
+    s, vt = rsvd.truncated_svd(xc, rank, solver=solver, key=keys, oversample=oversample,
+                               power_iters=power_iters)
+    return mean, total / (x.shape[1] * x.shape[2]), jnp.cumsum(s ** 2, axis=1) / total[:, None], vt
+
+
 def fit_leaves(xs, pca_cfg, keys):
     """Fits leaves of one block. xs: {name: [n_train, d] float32}; keys: {name: PRNG key}.
 
-    Same-shaped 'pca' leaves are solved together in one vmapped call.
+    Leaves larger than dim_limit are decomposed in one vmapped call per shape (their mode falls
+    back to 'mean' if their variance is below the threshold); smaller ones only need moments.
     """
     fits, pending = {}, {}
     for name, x in xs.items():
         n, d = x.shape
-        mean = x.mean(0)
-        variance = float(((x - mean) ** 2).mean())
-        if variance < pca_cfg.var_threshold:
-            mode = "mean"
-        elif d <= pca_cfg.dim_limit:
-            mode = "centred"
+        if d <= pca_cfg.dim_limit:
+            mean = x.mean(0)
+            variance = float(((x - mean) ** 2).mean())
+            mode = "mean" if variance < pca_cfg.var_threshold else "centred"
+            fits[name] = LeafFit(name, mode, mean, np.zeros((0, d), np.float32), variance,
+                                 np.ones(1, np.float32))
         else:
-            mode = "pca"
-        fits[name] = LeafFit(name, mode, mean, np.zeros((0, d), np.float32), variance,
-                             np.ones(1, np.float32))
-        if mode == "pca":
             pending.setdefault(d, []).append(name)
     for d, names in pending.items():
         n = xs[names[0]].shape[0]
         rank = solve_rank(n, d, pca_cfg)
-        solver = choose_solver(n, rank, pca_cfg)
-        xc = jnp.stack([xs[m] - fits[m].mean for m in names])            # [b, n, d]
-        s, vt = rsvd.truncated_svd(
-            xc, rank, solver=solver, key=jnp.stack([keys[m] for m in names]),
-            oversample=int(pca_cfg.oversample), power_iters=int(pca_cfg.power_iters))
-        total = jnp.sum(xc ** 2, axis=(1, 2))                             # [b]
-        explained = np.asarray(jnp.cumsum(s ** 2, axis=1) / total[:, None])
-        vt = np.asarray(vt)
+        mean, variance, explained, vt = _decompose(
+            jnp.stack([xs[m] for m in names]), jnp.stack([keys[m] for m in names]), rank=rank,
+            solver=choose_solver(n, rank, pca_cfg), oversample=int(pca_cfg.oversample),
+            power_iters=int(pca_cfg.power_iters))
+        mean, variance, explained, vt = map(np.asarray, (mean, variance, explained, vt))
         for i, m in enumerate(names):
+            if variance[i] < pca_cfg.var_threshold:
+                fits[m] = LeafFit(m, "mean", mean[i], np.zeros((0, d), np.float32),
+                                  float(variance[i]), np.ones(1, np.float32))
+                continue
             # Smallest k whose cumulative ratio reaches the target, capped by the solved rank.
             k = int(min(np.searchsorted(explained[i], pca_cfg.explained_variance) + 1, rank))
-            fits[m].basis = vt[i, :k]
-            fits[m].explained = explained[i]
+            fits[m] = LeafFit(m, "pca", mean[i], vt[i, :k], float(variance[i]), explained[i])
     return fits
 
 

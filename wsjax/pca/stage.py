@@ -67,11 +67,12 @@ def plan_blocks(shapes, num_rows, block_bytes):
     return blocks
 
 
-def read_leaves(paths, names, shapes):
+def read_leaves(paths, names, shapes, desc=None):
     """{name: [len(paths), d] float32}, restoring only `names` from each snapshot."""
     item = fit_lib.nest({n: 0 for n in names})
     out = {n: np.empty((len(paths), int(np.prod(shapes[n]))), np.float32) for n in names}
-    for i, path in enumerate(paths):
+    for i, path in enumerate(tqdm(paths, desc=desc or "reading snapshots", unit="snapshot",
+                                  leave=False, disable=desc is None and len(paths) < 100)):
         flat = fit_lib.flatten(store.restore_subtree(path, item))
         for n in names:
             require(n in flat and np.shape(flat[n]) == tuple(shapes[n]),
@@ -160,15 +161,18 @@ def run(config, workdir):
 
     keys = leaf_keys(config.seed, names)
     fits, out = {}, {}
-    for i, block in enumerate(tqdm(blocks, desc="pca blocks", unit="block")):
+    bar = tqdm(total=len(names), desc="pca parameters", unit="param")
+    for i, block in enumerate(blocks):
         path = os.path.join(block_dir, f"block_{i:04d}.npz")
         if not os.path.exists(path):
-            data = read_leaves(paths, block, shape_of)
+            data = read_leaves(paths, block, shape_of, desc=f"block {i + 1}/{len(blocks)}")
             f, o = fit_block(data, train, config.pca, {n: keys[n] for n in block})
             _save_block(path, block, f, o)
         f, o = _load_block(path)
         fits.update(f)
         out.update(o)
+        bar.update(len(block))
+    bar.close()
 
     p = fit_lib.build(fits, shapes, config.pca.var_floor)
     coeffs = np.concatenate([out[n]["coeffs"] for n in names], axis=1).astype(np.float32)
