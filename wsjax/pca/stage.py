@@ -221,7 +221,17 @@ def summarize(p, fits, out, rows, train, seconds):
             train_snapshots=int(train.sum()), heldout_snapshots=int(heldout.sum()),
             train_energy=1 - total("resid", train) / max(total("energy", train), 1e-30),
             heldout_energy=(1 - total("resid", heldout) / e_ho) if e_ho > 0 else None,
+            # BN running variances dominate the energy about the mean: report the rest apart.
+            heldout_energy_params=_share(out, heldout, lambda n: n.startswith("params/")),
+            heldout_energy_pca_leaves=_share(out, heldout, lambda n: fits[n].mode == "pca"),
             seconds=seconds))
+
+
+def _share(out, mask, keep):
+    """Energy captured over the leaves `keep` selects (None if they hold none)."""
+    e = sum(float(out[n]["energy"][mask].sum()) for n in out if keep(n))
+    r = sum(float(out[n]["resid"][mask].sum()) for n in out if keep(n))
+    return 1 - r / e if e > 0 else None
 
 
 def plot(path, p, fits):
