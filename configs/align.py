@@ -31,6 +31,7 @@ def get_config(arg=None):
         num_bins=10,           # validation-loss bins (edges: train-zoo quantiles)
         dim=64,                # learnable embedding per bin (the thesis: 512)
         use_accuracy=False,    # also condition on validation accuracy (its own bins and embeddings)
+        soft=False,            # interpolate neighbouring bins' embeddings (continuous targets)
     ))
     c.model = ml_collections.ConfigDict(dict(hidden=(256, 256)))
     c.loss = "multi_positive"  # 'nt_xent' (the thesis) | 'multi_positive' (same task and bin = positives)

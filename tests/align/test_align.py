@@ -165,3 +165,23 @@ def test_imagenet_preset_is_the_thesis_setup():
         align_train.check_config(align_configs.get_config(preset))
     with pytest.raises(ValueError):
         align_configs.get_config("huge")
+
+
+def test_soft_binned_aligner_moves_z_proj_continuously_with_the_target_loss(fake_ae, tmp_path):
+    workdir = _copy(fake_ae, tmp_path, "soft")
+    config = align_configs.get_config("tiny")
+    config.results.soft = True
+    config.num_steps = config.eval_every = config.checkpoint_every = 20
+    metrics = run_stage(config, workdir)
+    assert np.isfinite(metrics["val_loss_readout_r2"]) and np.isfinite(metrics["train_loss_readout_r2_true_z"])
+    a = align.load(workdir)
+    enc = encoders.dataset_encoder(config_lib.load(workdir, "align"), workdir)
+    c = a.stats["loss_centres"]
+    losses_ = np.linspace(c[0], c[-1], 9).astype(np.float32)
+    z = a.project(np.stack([enc.task_features((0, 1, 2))] * 9), losses_)
+    steps = np.linalg.norm(np.diff(z, axis=0), axis=1)
+    assert np.all(steps > 0)  # every loss change moves z_proj (hard bins would be piecewise constant)
+    mid = a.project(enc.task_features((0, 1, 2))[None], np.array([0.5 * (c[0] + c[1])], np.float32))
+    ends = a.project(np.stack([enc.task_features((0, 1, 2))] * 2), c[:2])
+    assert a.bins(np.array([0.5 * (c[0] + c[1])])).shape == (1, 1, len(c))
+    assert np.all(np.isfinite(mid)) and np.all(np.isfinite(ends))

@@ -118,3 +118,21 @@ def test_probe_encoder_uses_the_zoo_base_network_features(fake_zoo, tmp_path):
     # classes differ: the probe separates them (no two class means equal)
     d = np.linalg.norm(enc.class_features[:, None] - enc.class_features[None], axis=-1)
     assert d[~np.eye(10, dtype=bool)].min() > 1e-4
+
+
+def test_soft_bins_interpolate_between_neighbouring_bin_centres():
+    values = np.arange(100, dtype=np.float32)
+    centres = results.bin_centres(values, 4)
+    np.testing.assert_allclose(centres, [12.375, 37.125, 61.875, 86.625], rtol=1e-6)
+    w = results.soft_bins(centres, np.array([centres[1], (centres[1] + 3 * centres[2]) / 4, -10.0, 1e6]))
+    np.testing.assert_allclose(w, [[0, 1, 0, 0], [0, 0.25, 0.75, 0], [1, 0, 0, 0], [0, 0, 0, 1]], atol=1e-6)
+    assert results.soft_bins(centres[:1], np.array([3.0, 4.0])).tolist() == [[1.0], [1.0]]
+
+
+def test_soft_results_embedding_is_the_weighted_mix_of_bin_embeddings():
+    import jax
+    enc = results.ResultsEncoder(num_bins=(3,), dim=4)
+    params = enc.init(jax.random.key(0), np.zeros((1, 1), np.int32))
+    hard = enc.apply(params, np.array([[0], [1]], np.int32))
+    soft = enc.apply(params, np.array([[[0.25, 0.75, 0.0]]], np.float32))
+    np.testing.assert_allclose(soft[0], 0.25 * hard[0] + 0.75 * hard[1], rtol=1e-5, atol=1e-6)

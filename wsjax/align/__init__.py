@@ -23,11 +23,15 @@ class Aligner:
         self._apply = jax.jit(self.module.apply)
 
     def bins(self, val_loss, val_accuracy=None):
-        cols = [results.to_bin(self.stats["loss_edges"], np.atleast_1d(val_loss))]
+        """The results encoder's input: int bins [N, R], or soft-bin weights [N, R, B] if configured."""
+        soft = bool(self.config.results.get("soft", False))
+        values = [("loss", val_loss)]
         if self.use_accuracy:
             require(val_accuracy is not None, "this aligner conditions on accuracy: pass val_accuracy")
-            cols.append(results.to_bin(self.stats["acc_edges"], np.atleast_1d(val_accuracy)))
-        return np.stack(cols, axis=1)
+            values.append(("acc", val_accuracy))
+        if soft:
+            return np.stack([results.soft_bins(self.stats[f"{k}_centres"], np.atleast_1d(v)) for k, v in values], 1)
+        return np.stack([results.to_bin(self.stats[f"{k}_edges"], np.atleast_1d(v)) for k, v in values], 1)
 
     def project_standardised(self, task_features, val_loss, val_accuracy=None):
         s = self.stats

@@ -70,14 +70,21 @@ def prepare(config, workdir):
     if config.results.use_accuracy:
         bins.append(results.to_bin(stats["acc_edges"], acc))
     bins = np.stack(bins, 1)
+    stats.update(loss_centres=results.bin_centres(loss[train], n),
+                 acc_centres=results.bin_centres(acc[train], n) if config.results.use_accuracy else np.zeros(0, np.float32))
+    model_bins = bins
+    if config.results.soft:  # the model sees interpolated bins; groups stay hard
+        model_bins = np.stack([results.soft_bins(stats["loss_centres"], loss)]
+                              + ([results.soft_bins(stats["acc_centres"], acc)] if config.results.use_accuracy else []), 1)
     z = np.asarray(lat["z"][keep], np.float32)
     stats.update(feat_mean=feats[train].mean(0), feat_std=feats[train].std(0) + 1e-6,
                  z_mean=z[train].mean(0), z_std=z[train].std(0) + 1e-6)
     # Multi-positive groups: snapshots of one task whose results fall in the same bins.
     keys = [(tuple(r["classes"]),) + tuple(b) for r, b in zip(picked, bins.tolist())]
     group = np.asarray([sorted(set(keys)).index(k) for k in keys], np.int32)
-    data = dict(feats=(feats - stats["feat_mean"]) / stats["feat_std"], bins=bins.astype(np.int32),
-                z=(z - stats["z_mean"]) / stats["z_std"], group=group)
+    data = dict(feats=(feats - stats["feat_mean"]) / stats["feat_std"],
+                bins=model_bins if config.results.soft else bins.astype(np.int32),
+                z=(z - stats["z_mean"]) / stats["z_std"], group=group, log_loss=np.log(np.maximum(loss, 1e-8)))
     split_data = {s: {k: v[split == s] for k, v in data.items()} for s in ("train", "val")}
     return split_data, {k: np.asarray(v, np.float32) for k, v in stats.items()}, len(stats["loss_edges"]) + 1
 
@@ -110,6 +117,13 @@ def evaluate(module, params, data, config):
     """Retrieval top-1 (exact snapshot and same task+bin group), cosine and R² of z_proj vs z_weight."""
     out = {}
     proj = {s: np.asarray(module.apply({"params": params}, d["feats"], d["bins"])) for s, d in data.items()}
+    # Loss read-out: a ridge map z -> log val loss fitted on train z_weight, applied to z_proj. Its R²
+    # against the conditioning loss says how well z_proj encodes the requested result (a proxy for
+    # achieved-vs-target loss before any decoding); `*_true_z` is the same read-out on z_weight itself.
+    zt, yt = data["train"]["z"], data["train"]["log_loss"]
+    x1 = lambda z: np.concatenate([z, np.ones((len(z), 1))], 1)  # noqa: E731
+    w = np.linalg.solve(x1(zt).T @ x1(zt) + np.eye(zt.shape[1] + 1), x1(zt).T @ yt)
+    r2 = lambda y, p: float(1 - ((y - p) ** 2).sum() / max(((y - y.mean()) ** 2).sum(), 1e-12))  # noqa: E731
     n_keys = int(config.retrieval_batch)
     for s in ("train", "val"):
         d, zp = data[s], proj[s]
@@ -130,6 +144,8 @@ def evaluate(module, params, data, config):
             out["val_top1_with_train_keys"] = losses.retrieval_top1(zp[:q], keys)
             out["val_group_top1_with_train_keys"] = losses.retrieval_top1(zp[:q], keys, groups)
             out["val_num_keys_with_train_keys"] = int(len(keys))
+        out[f"{s}_loss_readout_r2"] = r2(d["log_loss"], x1(zp) @ w)
+        out[f"{s}_loss_readout_r2_true_z"] = r2(d["log_loss"], x1(d["z"]) @ w)
         out[f"{s}_mse"] = float(np.mean((zp - d["z"]) ** 2))
         out[f"{s}_r2"] = float(1 - ((zp - d["z"]) ** 2).sum() / (d["z"] ** 2).sum())
         unit = lambda z: z / (np.linalg.norm(z, axis=1, keepdims=True) + 1e-12)  # noqa: E731
