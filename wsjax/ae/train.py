@@ -239,7 +239,7 @@ def run(config, workdir):
     ckpt_dir = os.path.abspath(os.path.join(out_dir, "checkpoints"))
     manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(
         max_to_keep=1, enable_async_checkpointing=False))
-    ckpt = dict(state=state, best_params=state.params, best_val=np.float32(np.inf))
+    ckpt = dict(state=state, best_params=state.params, best_val=np.asarray(np.inf, np.float32))
     start = manager.latest_step() or 0
     if start:
         try:
@@ -269,7 +269,7 @@ def run(config, workdir):
                 best_val, best_params = v["loss"], jax.tree_util.tree_map(jnp.copy, state.params)
             _log(workdir, dict(step=step + 1, **{f"val_{k}": x for k, x in v.items()}))
             manager.save(step + 1, args=ocp.args.StandardSave(dict(
-                state=state, best_params=best_params, best_val=np.float32(best_val))))
+                state=state, best_params=best_params, best_val=np.asarray(best_val, np.float32))))
             manager.wait_until_finished()
     bar.close()
     train_seconds = time.time() - tic
