@@ -1,0 +1,148 @@
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import ae as ae_configs
+from configs import pca as pca_configs
+from wsjax import ae, models, pca, stages
+from wsjax.ae import losses
+from wsjax.ae import train as ae_train
+from wsjax.common import config as config_lib
+from wsjax.zoo import store as zoo_store
+
+
+@pytest.fixture(scope="module")
+def pca_workdir(fake_zoo, tmp_path_factory):
+    """A copy of the fake zoo with its PCA fitted (the shared fixture stays untouched)."""
+    workdir = str(tmp_path_factory.mktemp("ae") / "work")
+    shutil.copytree(fake_zoo, workdir)
+    stages.run_stage(pca_configs.get_config("tiny"), workdir)
+    return workdir
+
+
+def _tiny(behaviour=1.0, **train):
+    c = ae_configs.get_config("tiny")
+    c.train.update(train)
+    c.loss.behaviour = behaviour
+    return c
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    shutil.rmtree(os.path.join(dst, "ae"), ignore_errors=True)
+    return str(dst)
+
+
+def test_behaviour_loss_gradient_is_finite_and_steps_lower_it(pca_workdir):
+    p = pca.load(pca_workdir)
+    co = pca.load_coeffs(pca_workdir)
+    zc = config_lib.load(pca_workdir, "zoo")
+    net = models.build(zc.model, zc.tasks.k)
+    probes = jax.random.normal(jax.random.key(0), (2, 8, 12, 12, 1))
+    targets = jnp.stack([net.apply(zoo_store.load_variables(pca_workdir, int(m), "final"), x)
+                         for m, x in zip(co["model_id"][[1, 3]], probes)])
+    coeffs = jnp.asarray(co["coeffs"][[1, 3]]) + 0.5 * jnp.asarray(co["coeffs"].std(0))
+
+    def loss(c):
+        return losses.behaviour(net, p, c, probes, targets, 2.0)
+
+    tx = optax.adam(1e-2)
+    opt = tx.init(coeffs)
+    first, grad = jax.value_and_grad(loss)(coeffs)
+    assert np.isfinite(np.asarray(grad)).all() and float(jnp.abs(grad).sum()) > 0
+    for _ in range(5):
+        g = jax.grad(loss)(coeffs)
+        updates, opt = tx.update(g, opt)
+        coeffs = optax.apply_updates(coeffs, updates)
+    assert float(loss(coeffs)) < float(first)
+
+
+def test_unrolled_and_vmapped_behaviour_loss_agree(pca_workdir):
+    p = pca.load(pca_workdir)
+    co = pca.load_coeffs(pca_workdir)
+    zc = config_lib.load(pca_workdir, "zoo")
+    net = models.build(zc.model, zc.tasks.k)
+    probes = jax.random.normal(jax.random.key(1), (2, 4, 12, 12, 1))
+    targets = jax.random.normal(jax.random.key(2), (2, 4, 3))
+    c = jnp.asarray(co["coeffs"][:2])
+    np.testing.assert_allclose(losses.behaviour(net, p, c, probes, targets, 2.0, "unroll"),
+                               losses.behaviour(net, p, c, probes, targets, 2.0, "vmap"), rtol=1e-4)
+
+
+def test_stage_writes_outputs_and_load_round_trips(pca_workdir, tmp_path):
+    workdir = _copy(pca_workdir, tmp_path / "w")
+    stages.run_stage(_tiny(), workdir)
+    for f in ("metrics.json", "report.md", "latents.npz", "reconstruction.png", "log.jsonl"):
+        assert os.path.exists(os.path.join(workdir, "ae", f)), f
+    b = ae.load(workdir)
+    co = pca.load_coeffs(workdir)
+    z = b.encode(co["coeffs"])
+    assert z.shape == (len(co["coeffs"]), ae_configs.get_config("tiny").model.latent_dim)
+    assert b.decode(z).shape == co["coeffs"].shape
+    lat = np.load(os.path.join(workdir, "ae", "latents.npz"))
+    np.testing.assert_allclose(lat["z"], np.asarray(z), rtol=1e-5, atol=1e-5)
+    assert (lat["model_id"] == co["model_id"]).all() and (lat["split"] == co["split"]).all()
+    m = json.load(open(os.path.join(workdir, "ae", "metrics.json")))
+    assert m["num_models"] == 2  # the val and test models' final snapshots
+    for k in ("pca", "pca+ae", "copy", "mean", "pca+recal", "pca+ae+recal"):
+        assert 0 <= m[k]["real_agreement"] <= 1 and -1 <= m[k]["real_cosine"] <= 1
+    assert "| pca+ae |" in open(os.path.join(workdir, "ae", "report.md")).read()
+    # The fake zoo lies in a rank-3 span: PCA reconstruction of held-out models is exact.
+    assert m["pca"]["real_agreement"] == 1.0
+    # Rerun after completion is a no-op.
+    before = os.path.getmtime(os.path.join(workdir, "ae", "metrics.json"))
+    stages.run_stage(_tiny(), workdir)
+    assert os.path.getmtime(os.path.join(workdir, "ae", "metrics.json")) == before
+
+
+def test_rerun_after_kill_gives_identical_final_state(pca_workdir, tmp_path, monkeypatch):
+    cfg = dict(steps=12, checkpoint_every=4, log_every=2, warmup_steps=2, behaviour=0.0)
+    full = _copy(pca_workdir, tmp_path / "full")
+    stages.run_stage(_tiny(**cfg), full)
+
+    killed = _copy(pca_workdir, tmp_path / "killed")
+    real_log = ae_train._log
+
+    def killing_log(workdir, line):
+        real_log(workdir, line)
+        if line.get("step") == 6 and "loss" in line:  # after the step-4 checkpoint
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ae_train, "_log", killing_log)
+    with pytest.raises(KeyboardInterrupt):
+        stages.run_stage(_tiny(**cfg), killed)
+    assert not os.path.exists(os.path.join(killed, "ae", "metrics.json"))
+    monkeypatch.setattr(ae_train, "_log", real_log)
+    stages.run_stage(_tiny(**cfg), killed)
+    a, b = ae.load(full), ae.load(killed)
+    for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_presets_are_consistent_and_bad_fields_are_named():
+    for preset in ("tiny", None, "imagenet"):
+        c = ae_configs.get_config(preset)
+        ae_train.check_config(c)
+        assert c.stage == "ae" and c.loss.behaviour_models <= c.train.batch_size
+        assert c.train.warmup_steps < c.train.steps and c.train.checkpoint_every <= c.train.steps
+    big = ae_configs.get_config("imagenet")
+    assert big.loss.batching == "vmap" and big.model.shrinkage == 0.0
+    with pytest.raises(ValueError):
+        ae_configs.get_config("huge")
+    c = ae_configs.get_config("tiny")
+    c.model.latent_dim = 0
+    with pytest.raises(config_lib.ConfigError, match="config.model.latent_dim"):
+        ae_train.check_config(c)
+
+
+def test_missing_pca_is_one_clear_error(fake_zoo, tmp_path):
+    workdir = _copy(fake_zoo, tmp_path / "nopca")
+    shutil.rmtree(os.path.join(workdir, "pca"), ignore_errors=True)
+    with pytest.raises(config_lib.ConfigError, match="pca"):
+        stages.run_stage(_tiny(), workdir)
