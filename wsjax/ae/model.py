@@ -8,7 +8,6 @@ as the best linear autoencoder and training only has to improve on it. With ~10^
 from typing import Sequence
 
 import flax.linen as nn
-import jax
 import numpy as np
 
 

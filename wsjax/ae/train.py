@@ -236,17 +236,8 @@ def run(config, workdir):
             ms.append(jax.device_get(eval_loss(params, jnp.asarray(x_all[pick]), *beh_inputs(pick))))
         return {k: float(np.mean([m[k] for m in ms])) for k in ms[0]}
 
-    ckpt_dir = os.path.abspath(os.path.join(out_dir, "checkpoints"))
-    manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(
-        max_to_keep=1, enable_async_checkpointing=False))
     ckpt = dict(state=state, best_params=state.params, best_val=np.asarray(np.inf, np.float32))
-    start = manager.latest_step() or 0
-    if start:
-        try:
-            ckpt = manager.restore(start, args=ocp.args.StandardRestore(ckpt))
-        except Exception as e:
-            raise config_lib.ConfigError(f"ae checkpoint {ckpt_dir} could not be read "
-                                         f"({type(e).__name__}): delete it and rerun the ae stage") from e
+    manager, start, ckpt = store.resume(os.path.join(out_dir, "checkpoints"), ckpt, stage="ae")
     state, best_params, best_val = ckpt["state"], ckpt["best_params"], float(ckpt["best_val"])
     if not start:  # the initial (linear PCA) AE is a candidate too: training must beat it on val
         v = validate(state.params)

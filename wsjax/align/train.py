@@ -190,15 +190,7 @@ def train(config, workdir, stop_at=None):
                                                   max(config.num_steps, config.warmup_steps + 1))
     tx = optax.adamw(schedule, weight_decay=config.weight_decay)
     state = dict(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32))
-    manager = ocp.CheckpointManager(os.path.abspath(p["ckpt"]), options=ocp.CheckpointManagerOptions(
-        max_to_keep=2, enable_async_checkpointing=False))
-    start = manager.latest_step() or 0
-    if start:
-        try:
-            state = manager.restore(start, args=ocp.args.StandardRestore(state))
-        except Exception as e:
-            raise config_lib.ConfigError(f"align checkpoint {p['ckpt']} could not be read "
-                                         f"({type(e).__name__}): delete it and rerun the align stage") from e
+    manager, start, state = store.resume(p["ckpt"], state, stage="align", max_to_keep=2)
     _truncate_log(p["log"], start)
     step_fn = make_step(module, tx, config)
     state = jax.device_put(state)

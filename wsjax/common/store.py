@@ -55,3 +55,19 @@ def restore_subtree(path, item):
     except Exception as e:
         raise ConfigError(f"checkpoint {path} could not be read ({type(e).__name__}): "
                           "it is corrupt; delete it and rerun the stage") from e
+
+
+def resume(directory, template, *, stage, max_to_keep=1):
+    """(manager, step, state): a CheckpointManager at `directory` and its newest state restored
+    into `template`'s structure; step 0 and `template` itself when nothing was saved yet."""
+    directory = os.path.abspath(directory)
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, enable_async_checkpointing=False))
+    step = manager.latest_step()
+    if step is None:
+        return manager, 0, template
+    try:
+        return manager, step, manager.restore(step, args=ocp.args.StandardRestore(template))
+    except Exception as e:  # a damaged checkpoint: one clear sentence
+        raise ConfigError(f"{stage} checkpoint {directory} could not be read ({type(e).__name__}): "
+                          f"delete it and rerun the {stage} stage") from e

@@ -9,7 +9,6 @@ import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from wsjax.common.config import require
 

@@ -8,7 +8,6 @@ import numpy as np
 from absl import logging
 
 from wsjax import data
-from wsjax.common import config as config_lib
 from wsjax.common.config import require
 from wsjax.models import inference
 from wsjax.sample.generate import Generator

@@ -19,7 +19,6 @@ import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 from wsjax import data, models
-from wsjax.common import config as config_lib
 from wsjax.common import store
 from wsjax.data.tasks import format_classes, task_indices
 from wsjax.models import inference
@@ -117,23 +116,13 @@ def train_cohort(ctx, members, cid, pbar=None):
     config, workdir, zoo = ctx["config"], ctx["workdir"], ctx["zoo"]
     mesh, k, b = ctx["mesh"], ctx["steps_per_call"], int(config.train.batch_size)
     slots, tx = ctx["slots"], ctx["tx"]
-    ckpt_dir = os.path.abspath(os.path.join(zoo_store.zoo_dir(workdir), "cohorts", cid))
-    manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(
-        max_to_keep=1, enable_async_checkpointing=False))
     states = [step_lib.init_model_state(tx, ctx["init"](s.model_id), s.optimizer, s.learning_rate,
                                         s.weight_decay, s.momentum) for s in members]
     state = step_lib.stack(states + [states[0]] * (slots - len(members)))  # inactive padding
-    start = manager.latest_step()
-    if start is not None:
-        try:  # the fresh state is the target: it gives the restored tree its structure
-            state = manager.restore(start, args=ocp.args.StandardRestore(state))
-        except Exception as e:  # a damaged cohort checkpoint: one clear sentence
-            raise config_lib.ConfigError(
-                f"cohort checkpoint {ckpt_dir} could not be read ({type(e).__name__}): "
-                "delete it and rerun the zoo stage") from e
-        state = jax.tree_util.tree_map(np.asarray, state)
-    else:
-        start = 0
+    # the fresh state is the restore target: it gives the restored tree its structure
+    ckpt_dir = os.path.join(zoo_store.zoo_dir(workdir), "cohorts", cid)
+    manager, start, state = store.resume(ckpt_dir, state, stage="zoo")
+    state = jax.tree_util.tree_map(np.asarray, state)
     step = ctx["step"]
     state = step_lib.place(state, mesh, step_lib.P("models"))
     last = max(s.max_epoch for s in members)
@@ -205,6 +194,8 @@ def run(config, workdir):
     ctx["step"] = step_lib.make_cohort_step(ctx["module"], ctx["tx"], ctx["strategy"], ctx["mesh"])
     cohort_root = os.path.join(zoo_store.zoo_dir(workdir), "cohorts")
     done = sum(zoo.done(s) for s in specs)
+    if done == len(specs):
+        return zoo_store.read_manifest(workdir)  # nothing to do: leave every file untouched
     with tqdm(total=len(specs), initial=done, desc="zoo models", unit="model") as pbar:
         for cohort in plan_cohorts(specs, size):
             pending = [s for s in cohort if not zoo.done(s)]
