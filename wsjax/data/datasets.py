@@ -48,7 +48,8 @@ def _tfds(name, resolution, data_dir, max_per_class):
                                    max_per_class=max_per_class)
 
 
-def _resize(x, resolution):
+def resize(x, resolution):
+    """Images [N, H, W, C] resized to [N, resolution, resolution, C] (antialiased)."""
     if x.shape[1] == resolution and x.shape[2] == resolution:
         return x
     shape = (x.shape[0], resolution, resolution, x.shape[3])
@@ -78,7 +79,7 @@ def _load_cached(name, resolution, val_fraction, split_seed, data_dir, max_per_c
     else:
         raise ConfigError(
             f"config.data.name must be 'mnist', 'digits' or 'tfds:<name>', got {name!r}")
-    x = _resize(np.asarray(x, np.float32), resolution)
+    x = resize(np.asarray(x, np.float32), resolution)
     y = np.asarray(y, np.int32)
     tr, va = _split(x, y, val_fraction, split_seed)
     mean, std = x[tr].mean(), x[tr].std() + 1e-6

@@ -2,20 +2,17 @@
 
 The data must already be prepared in `data_dir` (no downloads at run time).
 """
-import jax
 import numpy as np
 
 from wsjax.common.config import ConfigError
+from wsjax.data import datasets
 
 
 def _resized(image, resolution):
     image = np.asarray(image, np.float32)
     if image.ndim == 2:
         image = image[..., None]
-    if image.shape[:2] != (resolution, resolution):
-        image = np.asarray(jax.image.resize(
-            image, (resolution, resolution, image.shape[-1]), "linear", antialias=True))
-    return image
+    return datasets.resize(image[None], resolution)[0]
 
 
 def load_arrays(name, *, resolution, data_dir=None, max_per_class=0, split="train"):

@@ -21,6 +21,7 @@ from wsjax.common.config import require
 from wsjax.evaluate import metrics, report
 from wsjax.models import inference
 from wsjax.sample.generate import Generator
+from wsjax.zoo import init as init_lib
 from wsjax.zoo import store
 
 
@@ -95,7 +96,7 @@ def run(config, workdir):
     train_tasks, held_tasks = pick_tasks(rows, task_set, config.num_train_tasks, config.num_held_out_tasks)
     targets = pick_targets(rows, config.target_quantiles)
     zoo = _Zoo(workdir, gen, rows)
-    init_path = os.path.join(store.zoo_dir(workdir), "init")
+    init_path = init_lib.init_path(workdir)  # absent for init='per_model': no shared init to show
     random_init = ckpt.restore(init_path) if ckpt.exists(init_path) else None
     recal = dict(num_batches=config.recalibrate.num_batches, batch_size=config.recalibrate.batch_size)
 
@@ -117,7 +118,7 @@ def run(config, workdir):
         for j, (t_loss, t_acc) in enumerate(targets):
             sampled = finish(jax.tree_util.tree_map(lambda x: np.asarray(x[j]), stacked), classes)
             s_logits = inference.logits(gen.module, sampled, x_val)
-            loss, acc = inference.loss_accuracy(gen.module, sampled, x_val, y_val)
+            loss, acc = inference.scores(s_logits, y_val)
             copy_row = zoo.copy(feats, t_loss)
             c_loss, c_acc = inference.loss_accuracy(
                 gen.module, finish(_load_zoo_variables(workdir, copy_row), classes), x_val, y_val)

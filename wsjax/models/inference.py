@@ -19,8 +19,12 @@ def logits(module, variables, images, batch_size=512):
     return np.asarray(jnp.concatenate(out))
 
 
-def loss_accuracy(module, variables, images, labels, batch_size=512):
-    """(mean cross-entropy, accuracy) as Python floats."""
-    z = logits(module, variables, images, batch_size)
+def scores(z, labels):
+    """(mean cross-entropy, accuracy) of logits [N, C] against labels [N], as Python floats."""
     loss = optax.softmax_cross_entropy_with_integer_labels(z, np.asarray(labels)).mean()
     return float(loss), float((z.argmax(-1) == labels).mean())
+
+
+def loss_accuracy(module, variables, images, labels, batch_size=512):
+    """(mean cross-entropy, accuracy) as Python floats."""
+    return scores(logits(module, variables, images, batch_size), labels)
