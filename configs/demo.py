@@ -1,13 +1,13 @@
-"""The whole pipeline on the embedded data: zoo -> pca -> ae -> align -> sample -> evaluate.
+"""The whole pipeline on the embedded data: zoo -> pca -> ae -> align -> generator -> sample -> evaluate.
 
 `python -m launch.main --config=configs/demo.py --workdir=DIR`; any stage's field can be
 overridden, e.g. `--config.zoo.num_models=96`. Preset 'tiny' is the CI-size pipeline.
 """
 import ml_collections
 
-from configs import ae, align, evaluate, pca, sample, zoo
+from configs import ae, align, evaluate, generator, pca, sample, zoo
 
-STAGES = ("zoo", "pca", "ae", "align", "sample", "evaluate")
+STAGES = ("zoo", "pca", "ae", "align", "generator", "sample", "evaluate")
 
 
 def get_config(arg=None):
@@ -19,7 +19,7 @@ def get_config(arg=None):
     c.stage = "demo"
     c.preset = preset
     c.stages = STAGES
-    for name, module in zip(STAGES, (zoo, pca, ae, align, sample, evaluate)):
+    for name, module in zip(STAGES, (zoo, pca, ae, align, generator, sample, evaluate)):
         c[name] = module.get_config(sub)
     if preset == "tiny":
         # The behaviour loss is tested in tests/ae; compiling its unrolled ResNets dominates

@@ -1,5 +1,6 @@
-"""Evaluate stage: sampled vs requested results, zero-shot on held-out class sets, retrieval,
-reconstruction, and baselines (copy, mean model, random init), as report.md + plots."""
+"""Evaluate stage: prompt alignment (requested vs achieved val loss) of every sampler on held-out
+class sets and on class sets of held-out models, accuracy against copy / noisy copy / mean model /
+random init, novelty, and fine-tuning from samples, as report.md + plots."""
 import ml_collections
 
 
@@ -11,15 +12,20 @@ def get_config(arg=None):
     c.stage = "evaluate"
     c.preset = preset
     c.seed = 0
-    c.num_train_tasks = 12       # class sets zoo models trained on (taken from test-split models first)
+    c.num_train_tasks = 8        # class sets of held-out (val/test) zoo models; train models saw them
     c.num_held_out_tasks = 8     # held-out class sets (never seen by a zoo model)
-    c.target_quantiles = (0.05, 0.25, 0.5, 0.75, 0.95)  # requested results: zoo val-loss quantiles
+    # requested val losses: quantiles of the train zoo's snapshot val losses
+    c.target_quantiles = tuple(round(q, 3) for q in [0.05 + 0.1 * i for i in range(10)])
+    c.samplers = ("path", "ridge", "flow", "thesis")  # each alone, beside 'best' (keep-the-best)
+    c.no_selection = "path"      # the generator reported as `r2_loss_no_selection`
+    c.pool = ml_collections.ConfigDict(dict(per_segment=3, flow_samples=1))  # per requested loss
     c.recalibrate = ml_collections.ConfigDict(dict(enabled=True, num_batches=8, batch_size=64))
-    c.heatmap_size = 8           # snapshots in the z_proj vs z_weight cosine heatmap
+    c.finetune = ml_collections.ConfigDict(dict(epochs=(0, 1, 3), learning_rate=3e-3, batch_size=64))
     if preset == "tiny":
-        c.num_train_tasks = 2
+        c.num_train_tasks = 1
         c.num_held_out_tasks = 2
-        c.target_quantiles = (0.25, 0.75)
+        c.target_quantiles = (0.1, 0.5, 0.9)
+        c.pool.per_segment = 2
         c.recalibrate.num_batches = 2
-        c.heatmap_size = 4
+        c.finetune.epochs = (0, 1)
     return c

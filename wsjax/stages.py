@@ -9,6 +9,7 @@ STAGES = {
     "pca": "wsjax.pca.stage",
     "ae": "wsjax.ae.train",
     "align": "wsjax.align.train",
+    "generator": "wsjax.generator.stage",
     "sample": "wsjax.sample.stage",
     "evaluate": "wsjax.evaluate.stage",
     "demo": "wsjax.demo",

@@ -32,6 +32,7 @@ def test_task_sampler_never_uses_held_out_class_sets():
 def test_hyperparameters_follow_the_configured_distributions():
     config = zoo_configs.get_config()
     config.num_models = 4000
+    config.train.optimizers = ("adam", "sgd")
     t = config.train
     specs = hparams.sample_specs(config, 10)
     adam = np.array([s.learning_rate for s in specs if s.optimizer == "adam"])
@@ -96,16 +97,43 @@ def test_per_model_init_gives_models_different_starts(tmp_path):
     np.testing.assert_array_equal(a["params"]["conv1"]["kernel"], init(0)["params"]["conv1"]["kernel"])
 
 
+def test_models_share_class_sets_and_held_out_models_keep_train_models_of_their_set():
+    config = zoo_configs.get_config()
+    specs = hparams.sample_specs(config, 10)
+    per_set = {}
+    for s in specs:
+        per_set.setdefault(s.classes, []).append(s)
+    assert len(per_set) == config.num_models // config.tasks.models_per_set
+    assert all(len(v) == config.tasks.models_per_set for v in per_set.values())
+    for s in specs:
+        if s.split != "train":
+            assert any(o.split == "train" for o in per_set[s.classes])
+
+
+def test_snapshot_schedules_thesis_and_log_steps():
+    config = zoo_configs.get_config("tiny")
+    spec = hparams.sample_specs(config, 10)[0]
+    assert hparams.snapshot_schedule(config, spec, 10) == (
+        ("step00000", 0), ("step00004", 4), ("step00016", 16), ("final", spec.max_epoch * 10))
+    # steps past the model's end are dropped; the last step is always 'final'
+    assert hparams.snapshot_schedule(config, spec, 2)[-2:] == (("step00004", 4), ("final", spec.max_epoch * 2))
+    config.train.snapshot_steps = ()
+    assert hparams.snapshot_schedule(config, spec, 10) == (
+        ("early", spec.early_epoch * 10), ("final", spec.max_epoch * 10))
+    config.train.snapshot_steps = (4, 2)
+    with pytest.raises(ConfigError, match="config.train.snapshot_steps"):
+        hparams.validate(config)
+
+
 def test_missing_or_corrupt_snapshot_is_one_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="missing"):
-        zoo_store.load_variables(str(tmp_path), 3, "final")
-    path = zoo_store.snapshot_path(str(tmp_path), 3, "final")
-    zoo_store.save_variables(str(tmp_path), 3, "final", {"params": {"w": np.ones(3)},
-                                                         "batch_stats": {}})
+        zoo_store.load_snapshots(str(tmp_path), 3)
+    path = zoo_store.snapshot_path(str(tmp_path), 3)
+    zoo_store.save_snapshots(str(tmp_path), 3, [{"params": {"w": np.ones(3)}, "batch_stats": {}}])
     import glob
     import os
     for f in glob.glob(os.path.join(path, "**", "*"), recursive=True):
         if os.path.isfile(f) and "METADATA" not in f:
             open(f, "wb").write(b"garbage")
     with pytest.raises(ConfigError, match="corrupt|missing"):
-        zoo_store.load_variables(str(tmp_path), 3, "final")
+        zoo_store.load_snapshots(str(tmp_path), 3)

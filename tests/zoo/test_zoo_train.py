@@ -52,14 +52,24 @@ def tiny_zoo(tmp_path_factory):
     return workdir, rows
 
 
-def test_tiny_preset_builds_models_with_two_snapshots(tiny_zoo):
+def test_tiny_preset_builds_models_with_a_snapshot_trajectory(tiny_zoo):
     workdir, rows = tiny_zoo
     config = zoo_configs.get_config("tiny")
-    assert len(rows) == 2 * config.num_models
-    assert {r["snapshot"] for r in rows} == {"early", "final"}
+    steps = tuple(config.train.snapshot_steps)
+    assert len(rows) == (len(steps) + 1) * config.num_models
+    assert {r["snapshot"] for r in rows} == {f"step{s:05d}" for s in steps} | {"final"}
     assert all(r["status"] == "ok" and r["init"] == "shared" for r in rows)
+    for m in range(config.num_models):
+        mine = [r for r in rows if r["model_id"] == m]
+        assert [r["step"] for r in mine][:-1] == list(steps) and mine[-1]["step"] > steps[-1]
+        assert mine[-1]["snapshot"] == "final"
+    init = [r for r in rows if r["step"] == 0]
     finals = [r for r in rows if r["snapshot"] == "final"]
     assert np.mean([r["val_accuracy"] for r in finals]) > 0.5  # 3 classes: chance is 1/3
+    # the trajectory spans chance to trained: what loss conditioning needs
+    assert np.mean([r["val_loss"] for r in init]) > 1.0 > 0.6 > np.mean([r["val_loss"] for r in finals])
+    stacked = zoo_store.load_snapshots(workdir, 0)  # one checkpoint per model, snapshots stacked
+    assert stacked["params"]["conv1"]["kernel"].shape[0] == len(steps) + 1
     assert not os.path.exists(os.path.join(workdir, "zoo", "cohorts"))
     assert os.path.getsize(os.path.join(workdir, "zoo", "log.jsonl")) > 0
     module, variables, row = zoo_store.load_model(workdir, 0, "final")
@@ -146,10 +156,10 @@ def test_rerun_after_kill_gives_identical_zoo(tiny_zoo, tmp_path, monkeypatch):
     _assert_same_zoo(_weights(tiny_zoo[0]), _weights(str(tmp_path)))
 
 
-def test_deleting_one_snapshot_retrains_only_that_model(tiny_zoo, tmp_path, monkeypatch):
+def test_deleting_one_models_snapshots_retrains_only_that_model(tiny_zoo, tmp_path, monkeypatch):
     workdir = str(tmp_path / "w")
     shutil.copytree(tiny_zoo[0], workdir)
-    shutil.rmtree(zoo_store.snapshot_path(workdir, 4, "final"))
+    shutil.rmtree(zoo_store.snapshot_path(workdir, 4))
     trained = []
     real = train_lib.train_cohort
     monkeypatch.setattr(train_lib, "train_cohort",

@@ -17,14 +17,15 @@ class TaskSet:
     allowed: tuple    # class sets zoo models may train on
     held_out: tuple   # class sets reserved for zero-shot evaluation
 
-    def sample(self, num_models, seed):
-        """Class sets for `num_models` models: a shuffled cycle over the allowed sets, so
-        every set is used before any repeats (balanced where the thesis drew with replacement)."""
+    def sample(self, num_models, seed, models_per_set=1):
+        """Class sets for `num_models` models, `models_per_set` consecutive models per set: a
+        shuffled cycle over the allowed sets, so every set is used before any repeats (balanced
+        where the thesis drew with replacement)."""
         rng = np.random.default_rng(seed)
-        out = []
-        while len(out) < num_models:
-            out.extend(self.allowed[i] for i in rng.permutation(len(self.allowed)))
-        return out[:num_models]
+        sets = []
+        while len(sets) * models_per_set < num_models:
+            sets.extend(self.allowed[i] for i in rng.permutation(len(self.allowed)))
+        return [s for s in sets for _ in range(models_per_set)][:num_models]
 
 
 def parse_class_sets(text):

@@ -7,99 +7,95 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from wsjax.zoo import store  # noqa: E402
+KINDS = {"held_out": "held-out class sets (no zoo model saw them)",
+         "train": "class sets of held-out models (train models saw them)"}
 
 
-def cosine_heatmap(gen, workdir, size, path=None):
-    """Cosine of z_proj (from each held-out snapshot's task and result) vs its z_weight
-    (the thesis's Figure 4.3); saves heatmap.png, returns diagonal mean and top-1 among them."""
-    latents = np.load(os.path.join(workdir, "ae", "latents.npz"))
-    rows = {(r["model_id"], r["snapshot"]): r for r in store.read_manifest(workdir)}
-    pick = [i for i, s in enumerate(latents["split"]) if s != "train"][:size]
-    picked = [rows[(int(latents["model_id"][i]), str(latents["snapshot"][i]))] for i in pick]
-    z_proj = np.asarray(gen.latents([r["classes"] for r in picked], [r["val_loss"] for r in picked],
-                                    [r["val_accuracy"] for r in picked]))
-    z_w = latents["z"][pick]
-    unit = lambda z: z / (np.linalg.norm(z, axis=1, keepdims=True) + 1e-12)  # noqa: E731
-    cos = unit(z_proj) @ unit(z_w).T
-    labels = [f"{r['model_id']}{r['snapshot'][0]}" for r in picked]
-    fig, ax = plt.subplots(figsize=(5, 4.2))
-    im = ax.imshow(cos, cmap="coolwarm", vmin=-1, vmax=1)
-    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
-    ax.set_yticks(range(len(labels)), labels, fontsize=7)
-    ax.set_xlabel("z_weight (model id, e=early f=final)")
-    ax.set_ylabel("z_proj from (dataset, result)")
-    fig.colorbar(im, ax=ax)
+def _alignment_plot(path, records, samplers):
+    kinds = [k for k in KINDS if any(r["kind"] == k for r in records)]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.2 * len(kinds), 4.4), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        for s in ("best",) + tuple(samplers) + ("copy",):
+            rs = [r for r in records if r["kind"] == kind and r["sampler"] == s]
+            ax.scatter([r["target_loss"] for r in rs], [r["loss"] for r in rs], s=12, alpha=0.7,
+                       label=s, color="grey" if s == "copy" else None, marker="x" if s == "copy" else "o")
+        lo = min(r["target_loss"] for r in records)
+        hi = max(r["target_loss"] for r in records)
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+        ax.set(xscale="log", yscale="log", xlabel="requested val loss", ylabel="achieved val loss",
+               title=KINDS[kind])
+        ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path or os.path.join(workdir, "evaluate", "heatmap.png"), dpi=120)
-    plt.close(fig)
-    return dict(diagonal_mean=float(np.mean(np.diag(cos))),
-                off_diagonal_mean=float((cos.sum() - np.trace(cos)) / max(1, cos.size - len(cos))),
-                top1=float(np.mean(cos.argmax(1) == np.arange(len(cos)))))
-
-
-def _scatter(ax, records, key, title):
-    for kind, marker in (("train", "o"), ("held_out", "^")):
-        rs = [r for r in records if r["kind"] == kind]
-        if not rs:
-            continue
-        t = [r[f"target_{key}"] for r in rs]
-        ax.scatter(t, [r[key] for r in rs], marker=marker, label=f"sampled ({kind})", alpha=0.8)
-        ax.scatter(t, [r[f"copy_{key}"] for r in rs], marker=marker, color="grey", alpha=0.4,
-                   label=f"copy baseline ({kind})")
-    lo = min(min(r[f"target_{key}"], r[key]) for r in records)
-    hi = max(max(r[f"target_{key}"], r[key]) for r in records)
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
-    ax.set_xlabel(f"requested {key}")
-    ax.set_ylabel(f"achieved {key}")
-    ax.set_title(title)
-
-
-def write(out_dir, results, records):
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
-    _scatter(axes[0], records, "loss", "validation loss")
-    _scatter(axes[1], records, "accuracy", "validation accuracy")
-    axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "target_vs_achieved.png"), dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
+
+def _finetune_plot(path, at_median, epochs):
+    med = [m for m in at_median if "finetune" in m]
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    for name in med[0]["finetune"]:
+        acc = np.array([m["finetune"][name] for m in med])
+        ax.errorbar(epochs, acc.mean(0), yerr=acc.std(0), marker="o", capsize=3, label=name)
+    ax.set(xlabel="epochs of fine-tuning", ylabel="val accuracy",
+           title=f"held-out class sets (n={len(med)}), mean ± std")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _fmt(v):
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def write(out_dir, results, records, at_median, config):
+    _alignment_plot(os.path.join(out_dir, "target_vs_achieved.png"), records, config.samplers)
     lines = ["# wsjax evaluation report", "",
-             "Sampled networks vs the requested result, on class sets the zoo trained on ('train') "
-             "and on held-out class sets no zoo model ever saw ('held_out'). Baselines: copy = the "
-             "zoo snapshot of the nearest task by dataset embedding with the nearest val loss; "
-             "mean = the zoo's mean model; random = the zoo's init. All BN-recalibrated alike.", "",
-             "| tasks | n | R² loss | R² acc | copy R² loss | accuracy | copy | mean model | random init "
-             "| best / zoo median | agreement with nearest zoo model |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for kind in ("train", "held_out"):
+             f"Requested val losses: {len(results['targets'])} quantiles of the train zoo's snapshot "
+             f"losses ({results['targets'][0]:.3f} to {results['targets'][-1]:.3f}). 'best' keeps, per "
+             "request, the candidate (predicted path + flow samples) whose loss on the task's train "
+             "images is nearest; every score is on val images; every network is BN-recalibrated on "
+             "the task's train images. 'copy' = the train snapshot of the nearest class set (class "
+             "slots) with the nearest val loss.", "",
+             "## Prompt alignment: requested vs achieved val loss", "",
+             "| class sets | sampler | R² | Spearman ρ | mean accuracy |", "|---|---|---|---|---|"]
+    for kind in KINDS:
+        for s, a in results.get(kind, {}).get("samplers", {}).items():
+            lines.append(f"| {kind} | {s} | {a['r2_loss']:.3f} | {a['spearman_loss']:.3f} | "
+                         f"{a['accuracy']:.3f} |")
+    lines += ["", "![requested vs achieved](target_vs_achieved.png)", "",
+              f"## At the zoo's median final loss ({results['median_final_loss']:.3f})", "",
+              "| class sets | n | sample ('best') | copy | copy + noise (sample's distance) | mean model "
+              "| random init | agreement with nearest train snapshot |", "|---|---|---|---|---|---|---|---|"]
+    for kind in KINDS:
         if kind in results:
             r = results[kind]
-            lines.append(
-                f"| {kind} | {r['num_samples']} | {r['r2_loss']:.3f} | {r['r2_accuracy']:.3f} | "
-                f"{r['copy_r2_loss']:.3f} | {r['accuracy']:.3f} | {r['copy_accuracy']:.3f} | "
-                f"{r['mean_model_accuracy']:.3f} | {r['random_init_accuracy']:.3f} | "
-                f"{r['best_accuracy_vs_zoo_median']:.3f} | {r['memorisation_agreement']:.3f} |")
-    heat = results["heatmap_diagonal_mean"]
-    lines += ["", "![requested vs achieved](target_vs_achieved.png)", "",
-              f"z_proj vs z_weight on held-out snapshots: diagonal cosine {heat['diagonal_mean']:.3f}, "
-              f"off-diagonal {heat['off_diagonal_mean']:.3f}, top-1 {heat['top1']:.3f}.", "",
-              "![cosine heatmap](heatmap.png)", ""]
-    if "align" in results:
-        lines += ["Alignment (align/metrics.json): " + ", ".join(
-            f"{k} {v:.3f}" for k, v in results["align"].items() if isinstance(v, (int, float))), ""]
-    if os.path.exists(os.path.join(os.path.dirname(out_dir), "ae", "report.md")):
-        lines += ["Reconstruction of held-out models: see ../ae/report.md.", ""]
+            lines.append(f"| {kind} | {r['num_class_sets']} | " + " | ".join(_fmt(r.get(k, "—")) for k in (
+                "accuracy", "copy_accuracy", "copy_noise_accuracy", "mean_model_accuracy",
+                "random_init_accuracy", "novelty_agreement")) + " |")
+    lines += ["", f"Two train models of the same class set agree on "
+              f"{results['same_class_set_agreement']:.3f} of val images (the novelty reference).", ""]
+    if "finetune" in results.get("held_out", {}):
+        _finetune_plot(os.path.join(out_dir, "finetune.png"), at_median, config.finetune.epochs)
+        lines += ["## Fine-tuning on held-out class sets", "",
+                  "| start | " + " | ".join(f"{e} epochs" for e in config.finetune.epochs) + " |",
+                  "|---|" + "---|" * len(config.finetune.epochs)]
+        for name, acc in results["held_out"]["finetune"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{a:.3f}" for a in acc) + " |")
+        lines += ["", "![fine-tuning](finetune.png)", ""]
+    if "generator" in results:
+        lines += ["Generator (generator/metrics.json): " + ", ".join(
+            f"{k} {_fmt(v)}" for k, v in results["generator"].items()), ""]
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write("\n".join(lines))
 
 
 def one_line(results):
     parts = []
-    for kind in ("train", "held_out"):
+    for kind in KINDS:
         if kind in results:
             r = results[kind]
-            parts.append(f"{kind}: R² loss {r['r2_loss']:.2f} (copy {r['copy_r2_loss']:.2f}), "
-                         f"acc {r['accuracy']:.3f} (copy {r['copy_accuracy']:.3f}, mean "
-                         f"{r['mean_model_accuracy']:.3f}), best/zoo median {r['best_accuracy_vs_zoo_median']:.2f}")
+            parts.append(f"{kind}: R² loss {r['r2_loss']:.2f} (no selection {r['r2_loss_no_selection']:.2f}, "
+                         f"copy {r['copy_r2_loss']:.2f}), acc at median {r['accuracy']:.3f} "
+                         f"(copy {r['copy_accuracy']:.3f})")
     return "evaluate: " + "; ".join(parts)

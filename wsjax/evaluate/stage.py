@@ -1,178 +1,281 @@
-"""Evaluate stage: how well sampled networks meet their request, beside baselines.
+"""Evaluate stage: do sampled networks obey the request, and do they beat copying the zoo?
 
-For train class sets and held-out class sets (never seen by a zoo model), and for requested
-results at quantiles of the zoo's validation losses, it samples one network per request, then
-measures its achieved loss and accuracy on the task's validation images. Baselines beside every
-number: the nearest zoo model by dataset embedding (copy), the zoo's mean model, the random init.
-Writes workdir/evaluate/{metrics.json, report.md, *.png}.
+Two kinds of class sets: 'held_out' (no zoo model saw them) and 'train' (class sets of held-out
+val/test models; train models of the same set exist). For each, requested val losses at quantiles
+of the train zoo's snapshot losses, and per sampler one network per request:
+- 'best' (the default sampler): the pool of the predicted path and flow samples, keeping per
+  request the candidate whose loss on the task's *train* images is nearest; scored on *val* images;
+- each generator alone ('path', 'ridge', 'flow', and 'thesis' = align + AE decoder);
+- 'copy': the snapshot of the nearest train class set (class slots) with the nearest val loss.
+At the zoo's median final loss: accuracy of 'best' vs copy, copy plus Gaussian noise of the
+sample's own distance to the zoo, the mean model and the random init; novelty; fine-tuning curves.
+Every network is BN-recalibrated on the task's train images. Writes workdir/evaluate/.
 """
 import json
 import os
 
 import jax
 import numpy as np
-from absl import logging
+from scipy import stats
 from tqdm import tqdm
 
-from wsjax import data, pca
+from wsjax import data, generator
 from wsjax.common import config as config_lib
 from wsjax.common import store as ckpt
 from wsjax.common.config import require
-from wsjax.evaluate import metrics, report
+from wsjax.evaluate import finetune, metrics, report
+from wsjax.generator import features, linear, select
+from wsjax.generator import stage as generator_stage
 from wsjax.models import inference
-from wsjax.sample.generate import Generator
+from wsjax.sample.stage import train_images
 from wsjax.zoo import init as init_lib
 from wsjax.zoo import store
 
 
 def r_squared(target, achieved):
+    """1 - SS_res / SS_tot of achieved against requested (the identity is the model)."""
     target, achieved = np.asarray(target, float), np.asarray(achieved, float)
     ss_tot = ((target - target.mean()) ** 2).sum()
     return float(1 - ((achieved - target) ** 2).sum() / ss_tot) if ss_tot > 0 else float("nan")
 
 
+def spearman(target, achieved):
+    return float(stats.spearmanr(target, achieved)[0])
+
+
 def pick_tasks(rows, task_set, num_train, num_held_out):
-    """Train class sets (those of held-out test/val models first) and held-out class sets."""
-    order = {"test": 0, "val": 1, "train": 2}
+    """Class sets of held-out (test, then val) models, and held-out class sets."""
     seen = []
-    for r in sorted(rows, key=lambda r: (order[r["split"]], r["model_id"])):
-        if r["classes"] not in seen:
+    for r in sorted(rows, key=lambda r: ({"test": 0, "val": 1}.get(r["split"], 2), r["model_id"])):
+        if r["split"] in ("val", "test") and r["classes"] not in seen:
             seen.append(r["classes"])
     return seen[:num_train], list(task_set.held_out[:num_held_out])
 
 
+def copy_index(train_feats, train_losses, feats, target):
+    """Index of the train snapshot of the nearest class set (class features) whose val loss is
+    nearest `target` (in log space): the copy baseline."""
+    d = np.linalg.norm(np.asarray(train_feats) - feats, axis=1)
+    near = np.flatnonzero(d <= d.min() + 1e-6)
+    return int(near[np.argmin(np.abs(np.log(np.asarray(train_losses)[near] / target)))])
+
+
 def pick_targets(rows, quantiles):
-    """(val loss, val accuracy) of the zoo train snapshots at the given val-loss quantiles."""
-    ok = sorted((r for r in rows if r["split"] == "train" and r["status"] == "ok"),
-                key=lambda r: r["val_loss"])
-    picks = [ok[int(round(q * (len(ok) - 1)))] for q in quantiles]
-    return [(r["val_loss"], r["val_accuracy"]) for r in picks]
+    """Requested val losses: quantiles of the train snapshots' val losses."""
+    losses = [r["val_loss"] for r in rows if r["split"] == "train"]
+    return [float(v) for v in np.quantile(losses, quantiles)]
 
 
-class _Zoo:
-    """The zoo's final train snapshots, their PCA coefficients and task features, loaded once."""
+class Context:
+    """The zoo, its coefficients and every generator, loaded once."""
 
-    def __init__(self, workdir, gen, rows):
-        self.rows = [r for r in rows if r["split"] == "train" and r["status"] == "ok"]
-        coeffs = pca.load_coeffs(workdir)
-        index = {(int(m), str(s)): i for i, (m, s) in enumerate(zip(coeffs["model_id"], coeffs["snapshot"]))}
-        self.coeffs = coeffs["coeffs"][[index[(r["model_id"], r["snapshot"])] for r in self.rows]]
-        self.task_feats = np.stack([gen.encoder.task_features(r["classes"]) for r in self.rows])
-        final = [i for i, r in enumerate(self.rows) if r["snapshot"] == "final"]
-        finals = [self.rows[i] for i in final]
-        # The mean model: the mean of final snapshots, which PCA stores exactly (zero coefficients
-        # are the mean of all fitted snapshots, so average the final ones' coefficients).
-        self.mean_variables = jax.tree_util.tree_map(
-            np.asarray, pca.decode(gen.pca, self.coeffs[final].mean(0)))
-        self.final_acc = {}
-        for r in finals:
-            self.final_acc.setdefault(r["classes"], []).append(r["val_accuracy"])
-        self.median_acc = float(np.median([r["val_accuracy"] for r in finals]))
+    def __init__(self, config, workdir):
+        self.config, self.workdir = config, workdir
+        zoo_config = config_lib.load(workdir, "zoo")
+        self.dataset = data.load(zoo_config.data)
+        self.task_set = data.task_set(zoo_config.tasks, self.dataset.num_classes)
+        self.rows, self.coeffs = generator_stage.zoo_table(workdir)
+        self.train = [i for i, r in enumerate(self.rows) if r["split"] == "train"]
+        self.gen = generator.load(workdir)
+        self.module = self.gen.module
+        self.thesis = None
+        if "thesis" in config.samplers:
+            from wsjax.sample.generate import Generator
+            self.thesis = Generator(workdir)
+        self.class_feats = np.stack([features.class_features(self.rows[i]["classes"],
+                                                             self.dataset.num_classes) for i in self.train])
+        finals = [i for i in self.train if self.rows[i]["snapshot"] == "final"]
+        self.median_loss = float(np.median([self.rows[i]["val_loss"] for i in finals]))
+        self.median_accuracy = float(np.median([self.rows[i]["val_accuracy"] for i in finals]))
+        self.mean_model = jax.tree_util.tree_map(
+            np.asarray, self.gen._decode(self.coeffs[finals].mean(0)[None]))
+        init_path = init_lib.init_path(workdir)  # absent for init='per_model'
+        self.random_init = ckpt.restore(init_path) if ckpt.exists(init_path) else None
 
-    def copy(self, feats, target_loss):
-        """The snapshot of the nearest task (dataset embedding) whose val loss is nearest the target."""
-        d = np.linalg.norm(self.task_feats - feats, axis=1)
-        near = np.flatnonzero(d <= d.min() + 1e-6)
-        best = near[np.argmin([abs(self.rows[i]["val_loss"] - target_loss) for i in near])]
-        return self.rows[best]
+    def recal(self, variables, prompt):
+        r = self.config.recalibrate
+        if not r.enabled:
+            return variables
+        return select.recalibrated(self.module, variables, prompt["train"][0],
+                                   num_batches=r.num_batches, batch_size=r.batch_size)
 
-    def nearest_in_weight_space(self, coeffs):
-        return self.rows[int(np.argmin(np.linalg.norm(self.coeffs - coeffs, axis=1)))]
+    def score(self, variables, prompt):
+        """(val loss, val accuracy, val logits) after recalibration."""
+        z = inference.logits(self.module, self.recal(variables, prompt), prompt["val"][0])
+        return inference.scores(z, prompt["val"][1]) + (z,)
+
+    def snapshot(self, i):
+        r = self.rows[i]
+        return store.load_variables(self.workdir, r["model_id"], r["snapshot"])
+
+    def copy(self, classes, target):
+        """Row index of the copy baseline's snapshot for (classes, target)."""
+        feats = features.class_features(classes, self.dataset.num_classes)
+        losses = [self.rows[i]["val_loss"] for i in self.train]
+        return self.train[copy_index(self.class_feats, losses, feats, target)]
+
+    def nearest(self, coeffs):
+        """Row index of the train snapshot nearest `coeffs` in coefficient space."""
+        d = np.linalg.norm(self.coeffs[self.train] - coeffs, axis=1)
+        return self.train[int(np.argmin(d))]
 
 
-def _load_zoo_variables(workdir, row):
-    return store.load_variables(workdir, row["model_id"], row["snapshot"])
+def _params_distance(a, b):
+    return float(np.sqrt(sum(((x - y) ** 2).sum() for x, y in zip(
+        jax.tree_util.tree_leaves(a["params"]), jax.tree_util.tree_leaves(b["params"])))))
+
+
+def noisy_copy(variables, norm, key):
+    """The copy plus isotropic Gaussian noise of total norm `norm` over its parameters."""
+    leaves, treedef = jax.tree_util.tree_flatten(variables["params"])
+    noise = [np.asarray(jax.random.normal(k, x.shape)) for k, x in
+             zip(jax.random.split(key, len(leaves)), leaves)]
+    scale = norm / np.sqrt(sum((n ** 2).sum() for n in noise))
+    params = jax.tree_util.tree_unflatten(treedef, [x + scale * n for x, n in zip(leaves, noise)])
+    return dict(variables, params=params)
+
+
+def evaluate_task(ctx, classes, kind, targets, key):
+    """Records of every sampler and baseline for one class set."""
+    cfg = ctx.config
+    x_train, y_train = train_images(ctx.dataset, classes, cfg.seed)
+    prompt = dict(train=(x_train, y_train), val=data.task_split(ctx.dataset, classes, "val"))
+    base = dict(kind=kind, classes=list(classes))
+    records = []
+
+    def add(sampler, target, variables, **extra):
+        loss, acc, _ = ctx.score(variables, prompt)
+        records.append(dict(base, sampler=sampler, target_loss=target, loss=loss, accuracy=acc, **extra))
+
+    # keep-the-best over one pool per class set, chosen on train images
+    k_pool, k_flow, k_noise = jax.random.split(key, 3)
+    pool_z = ctx.gen.candidates(classes, targets + [ctx.median_loss], k_pool, **cfg.pool)
+    pool = ctx.gen.variables(pool_z)
+    r = cfg.recalibrate
+    train_loss = select.train_losses(ctx.module, pool, x_train, y_train,
+                                     num_batches=r.num_batches, batch_size=r.batch_size)
+    for t, i in zip(targets, select.nearest(train_loss, targets)):
+        add("best", t, select.unstack(pool, i), train_loss=float(train_loss[i]))
+    for sampler in cfg.samplers:
+        if sampler == "thesis":
+            z = ctx.thesis.latents([classes] * len(targets), targets,
+                                   [ctx.median_accuracy] * len(targets))
+            stacked = ctx.thesis.weights(z)
+        else:
+            stacked = ctx.gen.variables(ctx.gen.latents(sampler, classes, targets, k_flow))
+        for j, t in enumerate(targets):
+            add(sampler, t, select.unstack(stacked, j))
+    for t in targets:
+        add("copy", t, ctx.snapshot(ctx.copy(classes, t)))
+
+    # at the zoo's median final loss: the default sampler against every baseline
+    median = ctx.median_loss
+    i = int(select.nearest(train_loss, [median])[0])
+    sample = select.unstack(pool, i)
+    s_loss, s_acc, s_logits = ctx.score(sample, prompt)
+    near = ctx.nearest(linear.decode(ctx.gen.latent, pool_z[i]))
+    near_vars = ctx.snapshot(near)
+    copy_vars = ctx.snapshot(ctx.copy(classes, median))
+    at_median = dict(base, accuracy=s_acc, loss=s_loss,
+                     copy_accuracy=ctx.score(copy_vars, prompt)[1],
+                     copy_noise_accuracy=ctx.score(noisy_copy(
+                         copy_vars, _params_distance(sample, near_vars), k_noise), prompt)[1],
+                     mean_model_accuracy=ctx.score(select.unstack(ctx.mean_model, 0), prompt)[1],
+                     novelty_agreement=metrics.logit_metrics(
+                         ctx.score(near_vars, prompt)[2], s_logits)["agreement"],
+                     nearest_same_classes=tuple(ctx.rows[near]["classes"]) == tuple(classes))
+    if ctx.random_init is not None:
+        at_median["random_init_accuracy"] = ctx.score(ctx.random_init, prompt)[1]
+    if kind == "held_out":
+        f = cfg.finetune
+        starts = dict(sample=ctx.recal(sample, prompt), copy=ctx.recal(copy_vars, prompt))
+        if ctx.random_init is not None:
+            starts["shared_init"] = ctx.random_init
+        at_median["finetune"] = {
+            name: finetune.curve(ctx.module, v, prompt["train"], prompt["val"], epochs=f.epochs,
+                                 learning_rate=f.learning_rate, batch_size=f.batch_size, seed=cfg.seed)
+            for name, v in starts.items()}
+    return records, at_median
+
+
+def same_set_agreement(ctx, max_sets):
+    """Agreement on val images of two train models of the same class set (final snapshots)."""
+    by_set = {}
+    for i in ctx.train:
+        if ctx.rows[i]["snapshot"] == "final":
+            by_set.setdefault(ctx.rows[i]["classes"], []).append(i)
+    out = []
+    for classes, idx in list((c, v) for c, v in by_set.items() if len(v) >= 2)[:max_sets]:
+        x_train, y_train = train_images(ctx.dataset, classes, ctx.config.seed)
+        prompt = dict(train=(x_train, y_train), val=data.task_split(ctx.dataset, classes, "val"))
+        a, b = (ctx.score(ctx.snapshot(i), prompt)[2] for i in idx[:2])
+        out.append(metrics.logit_metrics(a, b)["agreement"])
+    return float(np.mean(out)) if out else float("nan")
+
+
+def summarise(records, at_median, samplers, no_selection):
+    """Per kind: prompt alignment of every sampler and the copy, accuracies at the median loss."""
+    out = {}
+    for kind in ("held_out", "train"):
+        rs = [r for r in records if r["kind"] == kind]
+        if not rs:
+            continue
+        align = {}
+        for s in ("best",) + tuple(samplers) + ("copy",):
+            mine = [r for r in rs if r["sampler"] == s]
+            t, a = [r["target_loss"] for r in mine], [r["loss"] for r in mine]
+            align[s] = dict(r2_loss=r_squared(t, a), spearman_loss=spearman(t, a),
+                            accuracy=float(np.mean([r["accuracy"] for r in mine])))
+        med = [m for m in at_median if m["kind"] == kind]
+        col = lambda k: [m[k] for m in med if k in m]  # noqa: E731
+        summary = dict(
+            num_class_sets=len(med), num_requests=len(rs) // (len(samplers) + 2),
+            r2_loss=align["best"]["r2_loss"], spearman_loss=align["best"]["spearman_loss"],
+            r2_loss_no_selection=align[no_selection]["r2_loss"],
+            spearman_loss_no_selection=align[no_selection]["spearman_loss"],
+            copy_r2_loss=align["copy"]["r2_loss"], copy_spearman_loss=align["copy"]["spearman_loss"],
+            samplers=align)
+        for k in ("accuracy", "copy_accuracy", "copy_noise_accuracy", "mean_model_accuracy",
+                  "random_init_accuracy", "novelty_agreement"):
+            if col(k):
+                summary[k] = float(np.mean(col(k)))
+        if col("finetune"):
+            summary["finetune"] = {name: np.mean([m["finetune"][name] for m in med], 0).tolist()
+                                   for name in med[0]["finetune"]}
+        out[kind] = summary
+    return out
 
 
 def run(config, workdir):
     out_dir = config_lib.stage_dir(workdir, "evaluate")
     if os.path.exists(os.path.join(out_dir, "metrics.json")):
-        logging.info("evaluate: %s/metrics.json exists; delete it to re-evaluate", out_dir)
         return json.load(open(os.path.join(out_dir, "metrics.json")))
     require(len(config.target_quantiles) >= 2, "config.target_quantiles needs >= 2 quantiles for R²")
-    gen = Generator(workdir)
-    rows = store.read_manifest(workdir)
-    task_set = data.task_set(gen.zoo_config.tasks, gen.dataset.num_classes)
-    train_tasks, held_tasks = pick_tasks(rows, task_set, config.num_train_tasks, config.num_held_out_tasks)
-    targets = pick_targets(rows, config.target_quantiles)
-    zoo = _Zoo(workdir, gen, rows)
-    init_path = init_lib.init_path(workdir)  # absent for init='per_model': no shared init to show
-    random_init = ckpt.restore(init_path) if ckpt.exists(init_path) else None
-    recal = dict(num_batches=config.recalibrate.num_batches, batch_size=config.recalibrate.batch_size)
-
-    def finish(variables, classes):
-        return gen.recalibrate(variables, classes, **recal) if config.recalibrate.enabled else variables
-
-    records = []
-    tasks = [(c, "train") for c in train_tasks] + [(c, "held_out") for c in held_tasks]
-    for classes, kind in tqdm(tasks, desc="evaluate tasks"):
-        x_val, y_val = data.task_split(gen.dataset, classes, "val")
-        feats = gen.encoder.task_features(classes)
-        z = gen.latents([classes] * len(targets), [t[0] for t in targets], [t[1] for t in targets])
-        decoded_coeffs = np.asarray(gen.autoencoder.decode(z))
-        stacked = gen.weights(z)
-        baseline = {}
-        for name, variables in (("mean", zoo.mean_variables), ("random_init", random_init)):
-            if variables is not None:
-                baseline[name] = inference.loss_accuracy(gen.module, finish(variables, classes), x_val, y_val)
-        for j, (t_loss, t_acc) in enumerate(targets):
-            sampled = finish(jax.tree_util.tree_map(lambda x: np.asarray(x[j]), stacked), classes)
-            s_logits = inference.logits(gen.module, sampled, x_val)
-            loss, acc = inference.scores(s_logits, y_val)
-            copy_row = zoo.copy(feats, t_loss)
-            c_loss, c_acc = inference.loss_accuracy(
-                gen.module, finish(_load_zoo_variables(workdir, copy_row), classes), x_val, y_val)
-            nearest = zoo.nearest_in_weight_space(decoded_coeffs[j])
-            n_logits = inference.logits(gen.module, finish(_load_zoo_variables(workdir, nearest), classes), x_val)
-            records.append(dict(
-                classes=list(classes), kind=kind, target_loss=t_loss, target_accuracy=t_acc,
-                loss=loss, accuracy=acc, copy_loss=c_loss, copy_accuracy=c_acc,
-                copy_same_task=tuple(copy_row["classes"]) == tuple(classes),
-                mean_loss=baseline.get("mean", (np.nan,))[0], mean_accuracy=baseline.get("mean", (0, np.nan))[1],
-                random_loss=baseline.get("random_init", (np.nan,))[0],
-                random_accuracy=baseline.get("random_init", (0, np.nan))[1],
-                zoo_median_accuracy=float(np.median(zoo.final_acc.get(tuple(classes), [zoo.median_acc]))),
-                nearest_agreement=metrics.logit_metrics(n_logits, s_logits)["agreement"],
-            ))
-    results = summarise(records, workdir)
-    heat = report.cosine_heatmap(gen, workdir, config.heatmap_size)
-    results["heatmap_diagonal_mean"] = heat
+    require(config.no_selection in config.samplers,
+            f"config.no_selection={config.no_selection!r} must be one of config.samplers {config.samplers}")
+    ctx = Context(config, workdir)
+    train_sets, held_sets = pick_tasks(ctx.rows, ctx.task_set, config.num_train_tasks,
+                                       config.num_held_out_tasks)
+    targets = pick_targets(ctx.rows, config.target_quantiles)
+    records, at_median = [], []
+    key = jax.random.key(config.seed)
+    tasks = [(c, "held_out") for c in held_sets] + [(c, "train") for c in train_sets]
+    for j, (classes, kind) in enumerate(tqdm(tasks, desc="evaluate class sets", unit="set")):
+        recs, med = evaluate_task(ctx, classes, kind, targets, jax.random.fold_in(key, j))
+        records += recs
+        at_median.append(med)
+    results = summarise(records, at_median, config.samplers, config.no_selection)
+    results["same_class_set_agreement"] = same_set_agreement(ctx, config.num_held_out_tasks)
+    results["targets"] = targets
+    results["median_final_loss"] = ctx.median_loss
+    for name in ("ae", "align", "generator"):
+        path = os.path.join(workdir, name, "metrics.json")
+        if os.path.exists(path):
+            results[name] = json.load(open(path))
     with open(os.path.join(out_dir, "records.json"), "w") as f:
-        json.dump(records, f, indent=1)
-    report.write(out_dir, results, records)
+        json.dump(dict(records=records, at_median=at_median), f, indent=1)
+    report.write(out_dir, results, records, at_median, config)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(results, f, indent=2)
     print(report.one_line(results))
     return results
-
-
-def summarise(records, workdir):
-    """Per kind of task: R² of requested vs achieved loss, accuracies vs zoo median, baselines."""
-    out = {}
-    for kind in ("train", "held_out"):
-        rs = [r for r in records if r["kind"] == kind]
-        if not rs:
-            continue
-        col = lambda k: np.array([r[k] for r in rs], float)  # noqa: E731
-        best = {}  # per task, its best sampled network
-        for r in rs:
-            if r["accuracy"] >= best.get(tuple(r["classes"]), {"accuracy": -1})["accuracy"]:
-                best[tuple(r["classes"])] = r
-        out[kind] = dict(
-            num_tasks=len({tuple(r["classes"]) for r in rs}), num_samples=len(rs),
-            r2_loss=r_squared(col("target_loss"), col("loss")),
-            r2_accuracy=r_squared(col("target_accuracy"), col("accuracy")),
-            copy_r2_loss=r_squared(col("target_loss"), col("copy_loss")),
-            copy_r2_accuracy=r_squared(col("target_accuracy"), col("copy_accuracy")),
-            accuracy=float(col("accuracy").mean()), copy_accuracy=float(col("copy_accuracy").mean()),
-            mean_model_accuracy=float(np.nanmean(col("mean_accuracy"))),
-            random_init_accuracy=float(np.nanmean(col("random_accuracy"))),
-            best_accuracy_vs_zoo_median=float(np.mean(
-                [b["accuracy"] / b["zoo_median_accuracy"] for b in best.values()])),
-            memorisation_agreement=float(col("nearest_agreement").mean()),
-        )
-    for name in ("ae", "align"):
-        path = os.path.join(workdir, name, "metrics.json")
-        if os.path.exists(path):
-            out[name] = json.load(open(path))
-    return out

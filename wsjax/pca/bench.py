@@ -45,14 +45,13 @@ def synthetic_zoo(cfg):
 
 def zoo_leaves(workdir):
     """{name: [train snapshots, d]} of an existing zoo in workdir (train split, status ok)."""
-    from wsjax.common import store
     from wsjax.zoo import store as zoo_store
     rows = [r for r in zoo_store.read_manifest(workdir)
             if r["split"] == "train" and r["status"] == "ok"]
     require(len(rows) >= 2, f"{zoo_store.zoo_dir(workdir)} has fewer than 2 train snapshots")
-    paths = [zoo_store.snapshot_path(workdir, r["model_id"], r["snapshot"]) for r in rows]
-    shapes = dict(fit_lib.leaf_names(store.restore(paths[0])))
-    return pca_stage.read_leaves(paths, list(shapes), shapes)
+    shapes = dict(fit_lib.leaf_names(zoo_store.load_variables(
+        workdir, rows[0]["model_id"], rows[0]["snapshot"])))
+    return pca_stage.read_leaves(workdir, rows, list(shapes), shapes)
 
 
 def residual(x, vt):

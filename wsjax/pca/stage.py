@@ -67,17 +67,24 @@ def plan_blocks(shapes, num_rows, block_bytes):
     return blocks
 
 
-def read_leaves(paths, names, shapes, desc=None):
-    """{name: [len(paths), d] float32}, restoring only `names` from each snapshot."""
+def read_leaves(workdir, rows, names, shapes, desc=None):
+    """{name: [len(rows), d] float32} of the zoo snapshots `rows`, restoring only `names` from
+    each model's stacked checkpoint."""
     item = fit_lib.nest({n: 0 for n in names})
-    out = {n: np.empty((len(paths), int(np.prod(shapes[n]))), np.float32) for n in names}
-    for i, path in enumerate(tqdm(paths, desc=desc or "reading snapshots", unit="snapshot",
-                                  leave=False, disable=desc is None and len(paths) < 100)):
+    out = {n: np.empty((len(rows), int(np.prod(shapes[n]))), np.float32) for n in names}
+    index = zoo_store.snapshot_index(zoo_store.read_manifest(workdir))
+    by_model = {}
+    for i, r in enumerate(rows):
+        by_model.setdefault(r["model_id"], []).append((i, index[(r["model_id"], r["snapshot"])]))
+    for model_id, picks in tqdm(by_model.items(), desc=desc or "reading snapshots", unit="model",
+                                leave=False, disable=desc is None and len(by_model) < 100):
+        path = zoo_store.snapshot_path(workdir, model_id)
         flat = fit_lib.flatten(store.restore_subtree(path, item))
         for n in names:
-            require(n in flat and np.shape(flat[n]) == tuple(shapes[n]),
+            require(n in flat and np.shape(flat[n])[1:] == tuple(shapes[n]),
                     f"snapshot {path} has no leaf {n} of shape {tuple(shapes[n])}")
-            out[n][i] = np.asarray(flat[n], np.float32).reshape(-1)
+            for i, j in picks:
+                out[n][i] = np.asarray(flat[n][j], np.float32).reshape(-1)
     return out
 
 
@@ -137,8 +144,8 @@ def run(config, workdir):
     train = np.array([r["split"] == "train" and r["status"] == "ok" for r in rows])
     require(train.sum() >= 2, f"{zoo_store.zoo_dir(workdir)}/models.csv has {int(train.sum())} "
             "train-split snapshots with status 'ok': the PCA needs at least 2")
-    paths = [zoo_store.snapshot_path(workdir, r["model_id"], r["snapshot"]) for r in rows]
-    template = store.restore(paths[int(np.argmax(train))])
+    first = rows[int(np.argmax(train))]
+    template = zoo_store.load_variables(workdir, first["model_id"], first["snapshot"])
     shapes = fit_lib.leaf_names(template)
     names = [n for n, _ in shapes]
     shape_of = dict(shapes)
@@ -147,7 +154,7 @@ def run(config, workdir):
     block_dir = os.path.join(out_dir, "blocks")
     os.makedirs(block_dir, exist_ok=True)
     plan = dict(settings={k: config.pca[k] for k in _FIT_FIELDS}, seed=config.seed,
-                snapshots=[os.path.basename(p) for p in paths], blocks=blocks)
+                snapshots=[f"{r['model_id']}_{r['snapshot']}" for r in rows], blocks=blocks)
     plan_path = os.path.join(block_dir, "plan.json")
     if os.path.exists(plan_path):
         with open(plan_path) as f:
@@ -165,7 +172,7 @@ def run(config, workdir):
     for i, block in enumerate(blocks):
         path = os.path.join(block_dir, f"block_{i:04d}.npz")
         if not os.path.exists(path):
-            data = read_leaves(paths, block, shape_of, desc=f"block {i + 1}/{len(blocks)}")
+            data = read_leaves(workdir, rows, block, shape_of, desc=f"block {i + 1}/{len(blocks)}")
             f, o = fit_block(data, train, config.pca, {n: keys[n] for n in block})
             _save_block(path, block, f, o)
         f, o = _load_block(path)

@@ -7,11 +7,14 @@ import jax
 import numpy as np
 from absl import logging
 
-from wsjax import data
+from wsjax import data, generator
+from wsjax.common import config as config_lib
 from wsjax.common.config import require
+from wsjax.generator import select
 from wsjax.models import inference
-from wsjax.sample.generate import Generator
 from wsjax.zoo import store
+
+SAMPLERS = ("best", "thesis") + generator.SAMPLERS
 
 
 def parse_classes(text, class_names, task_set):
@@ -40,48 +43,80 @@ def default_targets(workdir):
             float(np.median([r["val_accuracy"] for r in rows])))
 
 
-def request_root(classes, loss, accuracy):
-    return os.path.join("sample", f"{data.tasks.format_classes(classes)}_loss{loss:.3f}_acc{accuracy:.3f}")
+def request_root(classes, loss, accuracy, sampler):
+    return os.path.join("sample", f"{data.tasks.format_classes(classes)}_loss{loss:.3f}"
+                                  f"_acc{accuracy:.3f}_{sampler}")
+
+
+def train_images(dataset, classes, seed):
+    """The task's train images and local labels, shuffled (BN batches see every class)."""
+    x, y = data.task_split(dataset, classes, "train")
+    perm = np.random.default_rng(seed).permutation(len(x))
+    return x[perm], y[perm]
+
+
+def draw(config, workdir, classes, loss, acc, dataset):
+    """Stacked variables [num_samples, ...] for the request, BN statistics recalibrated."""
+    n, key, recal = int(config.num_samples), jax.random.key(config.seed), config.recalibrate
+    x, y = train_images(dataset, classes, config.seed)
+    if config.sampler == "thesis":
+        from wsjax.sample.generate import Generator
+        gen = Generator(workdir)
+        stacked, module = gen.weights(gen.latents([classes] * n, [loss] * n, [acc] * n, key=key,
+                                                  noise=config.latent_noise)), gen.module
+    else:
+        gen = generator.load(workdir)
+        module = gen.module
+        if config.sampler == "best":
+            pool = gen.variables(gen.candidates(classes, [loss], key, **config.pool))
+            losses = select.train_losses(module, pool, x, y, num_batches=recal.num_batches,
+                                         batch_size=recal.batch_size)
+            keep = np.argsort(np.abs(np.log(losses) - np.log(loss)))[:n]
+            stacked = jax.tree_util.tree_map(lambda a: a[keep], pool)
+        else:
+            z = np.concatenate([gen.latents(config.sampler, classes, [loss], jax.random.fold_in(key, i))
+                                for i in range(n)])
+            stacked = gen.variables(z)
+    out = [select.unstack(stacked, i) for i in range(n)]
+    if recal.enabled:
+        out = [select.recalibrated(module, v, x, num_batches=recal.num_batches,
+                                   batch_size=recal.batch_size) for v in out]
+    return module, out
 
 
 def run(config, workdir):
     require(config.num_samples >= 1, f"config.num_samples must be >= 1, got {config.num_samples}")
-    gen = Generator(workdir)
-    task_set = data.task_set(gen.zoo_config.tasks, gen.dataset.num_classes)
-    classes = parse_classes(config.classes, gen.dataset.class_names, task_set)
+    require(config.sampler in SAMPLERS, f"config.sampler must be one of {SAMPLERS}, got {config.sampler!r}")
+    zoo_config = config_lib.load(workdir, "zoo")
+    dataset = data.load(zoo_config.data)
+    task_set = data.task_set(zoo_config.tasks, dataset.num_classes)
+    classes = parse_classes(config.classes, dataset.class_names, task_set)
     median_loss, median_acc = default_targets(workdir)
     loss = config.target_loss if config.target_loss >= 0 else median_loss
     acc = config.target_accuracy if config.target_accuracy >= 0 else median_acc
-    root = request_root(classes, loss, acc)
+    require(loss > 0, f"config.target_loss must be > 0 (or < 0 for the zoo median), got {loss}")
+    root = request_root(classes, loss, acc, config.sampler)
     if os.path.exists(os.path.join(workdir, root, "models.csv")):
         logging.info("sample: %s already complete", root)
         return root
-
-    n = int(config.num_samples)
-    z = gen.latents([classes] * n, [loss] * n, [acc] * n, key=jax.random.key(config.seed),
-                    noise=config.latent_noise)
-    stacked = gen.weights(z)
-    x_val, y_val = data.task_split(gen.dataset, classes, "val")
+    module, nets = draw(config, workdir, classes, loss, acc, dataset)
+    x_val, y_val = data.task_split(dataset, classes, "val")
     rows = []
-    for i in range(n):
-        variables = jax.tree_util.tree_map(lambda x: np.asarray(x[i]), stacked)
-        if config.recalibrate.enabled:
-            variables = gen.recalibrate(variables, classes, seed=config.seed + i,
-                                        num_batches=config.recalibrate.num_batches,
-                                        batch_size=config.recalibrate.batch_size)
-        val_loss, val_acc = inference.loss_accuracy(gen.module, variables, x_val, y_val)
-        store.save_variables(workdir, i, "final", variables, root=root)
+    for i, variables in enumerate(nets):
+        val_loss, val_acc = inference.loss_accuracy(module, variables, x_val, y_val)
+        store.save_snapshots(workdir, i, [variables], root=root)
         rows.append(dict(
-            model_id=i, snapshot="final", epoch=0, max_epoch=0,
+            model_id=i, snapshot="final", step=0, epoch=0, max_epoch=0,
             classes=data.tasks.format_classes(classes), split="sampled", status="ok",
             optimizer="", learning_rate=0.0, weight_decay=0.0, momentum=0.0, batch_size=0,
             init="sampled", init_seed=0, seed=config.seed + i, train_loss=float("nan"),
             val_loss=val_loss, val_accuracy=val_acc))
     with open(os.path.join(workdir, root, "request.json"), "w") as f:
         json.dump(dict(classes=list(classes), target_loss=loss, target_accuracy=acc,
-                       latent_noise=config.latent_noise, recalibrated=config.recalibrate.enabled), f)
+                       sampler=config.sampler, recalibrated=config.recalibrate.enabled), f)
     store.write_manifest(workdir, rows, root=root)  # last: its presence marks the request done
-    print(f"sample: {n} models for classes {classes} (target loss {loss:.3f}, acc {acc:.3f}) -> "
-          f"{os.path.join(workdir, root)}; achieved val acc "
+    print(f"sample: {len(nets)} models ({config.sampler}) for classes {classes} (target loss "
+          f"{loss:.3f}) -> {os.path.join(workdir, root)}; achieved val loss "
+          + ", ".join(f"{r['val_loss']:.3f}" for r in rows) + "; acc "
           + ", ".join(f"{r['val_accuracy']:.3f}" for r in rows))
     return root

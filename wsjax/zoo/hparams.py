@@ -2,7 +2,12 @@
 
 Optimizer Adam or SGD at random, learning rate log-uniform in the optimizer's range, weight decay
 log-uniform, momentum uniform (SGD), early snapshot epoch ~ U(early_epoch), max epoch ~ a normal
-truncated to `max_epoch_range`, the task's class set, and the model's split (train/val/test).
+truncated to `max_epoch_range`, the task's class set (`tasks.models_per_set` models share one), and
+the model's split (train/val/test; a val/test model's class set keeps train models where it can).
+
+Snapshots follow one of two schedules: the thesis's ('early' at the early epoch, 'final' at the max
+epoch) when `train.snapshot_steps` is empty, else a step schedule ('step<N>' at each listed step
+before the model's last, 'final' at its last) whose val losses span chance to converged.
 """
 import dataclasses
 
@@ -52,6 +57,11 @@ def validate(config):
         require(0 < lo <= hi, f"config.train.{name} must be (lo, hi) with 0 < lo <= hi, got {(lo, hi)}")
     lo, hi = t.momentum
     require(0 <= lo <= hi < 1, f"config.train.momentum must be in [0, 1), got {(lo, hi)}")
+    steps = tuple(t.get("snapshot_steps", ()))
+    require(all(int(v) == v and v >= 0 for v in steps) and list(steps) == sorted(set(steps)),
+            f"config.train.snapshot_steps must be increasing integers >= 0, got {steps}")
+    per_set = config.tasks.get("models_per_set", 1)
+    require(per_set >= 1, f"config.tasks.models_per_set must be >= 1, got {per_set}")
     lo, hi = t.early_epoch
     require(1 <= lo <= hi, f"config.train.early_epoch must be (lo, hi) with 1 <= lo <= hi, got {(lo, hi)}")
     lo, hi = t.max_epoch_range
@@ -79,11 +89,37 @@ def truncated_normal_int(rng, mean, std, lo, hi, n):
     return out
 
 
+def snapshot_schedule(config, spec, steps_per_epoch):
+    """((tag, step), ...) of one model in step order; step 0 is the init."""
+    last = spec.max_epoch * steps_per_epoch
+    steps = config.train.get("snapshot_steps", ())
+    if not steps:
+        return (("early", spec.early_epoch * steps_per_epoch), ("final", last))
+    return tuple((f"step{int(s):05d}", int(s)) for s in steps if s < last) + (("final", last),)
+
+
+def _splits(config, tasks, rng):
+    """'train' | 'val' | 'test' per model; with several models per class set, val/test models are
+    drawn one per class set so each of their class sets keeps train models."""
+    n, s = int(config.num_models), config.model_splits
+    split = np.array(["train"] * n, dtype=object)
+    per_set = {}
+    for m, t in enumerate(tasks):
+        per_set.setdefault(t, []).append(m)
+    shared = [ms[0] for ms in per_set.values() if len(ms) > 1]
+    pool = shared if len(shared) >= s.val + s.test else list(range(n))
+    order = [pool[i] for i in rng.permutation(len(pool))]
+    split[order[:s.val]] = "val"
+    split[order[s.val:s.val + s.test]] = "test"
+    return split
+
+
 def sample_specs(config, num_classes):
     """The ModelSpec of every model of the zoo, deterministic in `config.seed`."""
     validate(config)
     t, n = config.train, int(config.num_models)
-    tasks = data.task_set(config.tasks, num_classes).sample(n, config.seed)
+    tasks = data.task_set(config.tasks, num_classes).sample(
+        n, config.seed, config.tasks.get("models_per_set", 1))
     rng = np.random.default_rng([config.seed, 1])
     opt = rng.choice(list(t.optimizers), n)
     lr = np.where(opt == "adam", _log_uniform(rng, *t.adam_lr, n), _log_uniform(rng, *t.sgd_lr, n))
@@ -91,10 +127,7 @@ def sample_specs(config, num_classes):
     mom = np.where(opt == "sgd", rng.uniform(*t.momentum, n), 0.0)
     early = rng.integers(t.early_epoch[0], t.early_epoch[1] + 1, n)
     final = truncated_normal_int(rng, t.max_epoch_mean, t.max_epoch_std, *t.max_epoch_range, n)
-    split = np.array(["train"] * n, dtype=object)
-    order = rng.permutation(n)
-    split[order[:config.model_splits.val]] = "val"
-    split[order[config.model_splits.val:config.model_splits.val + config.model_splits.test]] = "test"
+    split = _splits(config, tasks, rng)
     return [ModelSpec(i, tuple(int(c) for c in tasks[i]), str(split[i]), str(opt[i]), float(lr[i]),
                       float(wd[i]), float(mom[i]), int(early[i]), int(final[i]),
                       int(config.seed) * 1_000_003 + i)

@@ -1,11 +1,14 @@
 """Zoo stage: `run(config, workdir)` trains every model of the zoo, cohort by cohort.
 
 Cohorts group models by length (max epoch), so a cohort wastes few steps on finished models, and
-are padded to `cohort_size * num_devices` slots so one compiled step serves every cohort. Each cohort is stepped by one jitted call per `steps_per_call` steps (wsjax.zoo.step)
-with the dataset on device and per-model batch indices from per-(model, epoch) seeds. At each epoch
-end the snapshots due are evaluated, written to models.csv, saved (one Orbax checkpoint per
-snapshot), and the cohort's train state is checkpointed under zoo/cohorts/<id>/ (deleted when the
-cohort is done): a killed run restarts at the last epoch end and ends with the same zoo.
+are padded to `cohort_size * num_devices` slots so one compiled step serves every cohort. Each
+cohort is stepped by one jitted call per `steps_per_call` steps (wsjax.zoo.step) with the dataset
+on device and per-model batch indices from per-(model, epoch) seeds. A snapshot is evaluated on
+the task's val images as soon as its step (hparams.snapshot_schedule) is reached and kept on the
+host; a model's snapshots are saved together, stacked, when it finishes. At each epoch end the
+cohort's train state and the snapshots taken so far are checkpointed under zoo/cohorts/<id>/
+(deleted when the cohort is done): a killed run restarts at the last epoch end and ends with the
+same zoo.
 """
 import json
 import os
@@ -47,12 +50,8 @@ def cohort_id(members):
     return f"{ids[0]:05d}_{len(ids)}_{zlib.crc32(str(ids).encode()):08x}"
 
 
-def _snapshots(spec):
-    return (("early", spec.early_epoch), ("final", spec.max_epoch))
-
-
 class _Zoo:
-    """What is on disk: manifest rows keyed by (model_id, tag), and which snapshots are complete."""
+    """What is on disk: manifest rows keyed by (model_id, tag), and which models are complete."""
 
     def __init__(self, workdir):
         self.workdir = workdir
@@ -63,18 +62,15 @@ class _Zoo:
             r["classes"] = format_classes(r["classes"])
             self.rows[(r["model_id"], r["snapshot"])] = r
 
-    def has(self, model_id, tag):
-        return (model_id, tag) in self.rows and store.exists(
-            zoo_store.snapshot_path(self.workdir, model_id, tag))
+    def done(self, spec, schedule):
+        return all((spec.model_id, tag) in self.rows for tag, _ in schedule) and store.exists(
+            zoo_store.snapshot_path(self.workdir, spec.model_id))
 
-    def done(self, spec):
-        return all(self.has(spec.model_id, tag) for tag, _ in _snapshots(spec))
-
-    def add(self, row, variables):
-        # Row first, then snapshot: a snapshot on disk always has its row.
-        self.rows[(row["model_id"], row["snapshot"])] = row
+    def add(self, model_id, rows, snapshots):
+        # Snapshots first, then rows: a model in the manifest always has its checkpoint.
+        zoo_store.save_snapshots(self.workdir, model_id, snapshots)
+        self.rows.update({(r["model_id"], r["snapshot"]): r for r in rows})
         zoo_store.write_manifest(self.workdir, list(self.rows.values()))
-        zoo_store.save_variables(self.workdir, row["model_id"], row["snapshot"], variables)
 
 
 def _epoch_batches(specs, task_idx, epoch, batch_size, k, num_slots):
@@ -101,65 +97,132 @@ def _log(workdir, line):
         f.write(json.dumps(line) + "\n")
 
 
-def _row(config, spec, tag, epoch, status, train_loss, val_loss, val_acc):
-    return dict(model_id=spec.model_id, snapshot=tag, epoch=epoch, max_epoch=spec.max_epoch,
-                classes=format_classes(spec.classes), split=spec.split, status=status,
-                optimizer=spec.optimizer, learning_rate=spec.learning_rate,
+_METRICS = ("step", "epoch", "train_loss", "val_loss", "val_accuracy")
+
+
+def _row(config, spec, tag, status, metrics):
+    m = dict(zip(_METRICS, metrics))
+    return dict(model_id=spec.model_id, snapshot=tag, step=int(m["step"]), epoch=int(m["epoch"]),
+                max_epoch=spec.max_epoch, classes=format_classes(spec.classes), split=spec.split,
+                status=status, optimizer=spec.optimizer, learning_rate=spec.learning_rate,
                 weight_decay=spec.weight_decay, momentum=spec.momentum,
                 batch_size=int(config.train.batch_size), init=config.init,
-                init_seed=int(config.init_seed), seed=spec.seed, train_loss=float(train_loss),
-                val_loss=float(val_loss), val_accuracy=float(val_acc))
+                init_seed=int(config.init_seed), seed=spec.seed, train_loss=float(m["train_loss"]),
+                val_loss=float(m["val_loss"]), val_accuracy=float(m["val_accuracy"]))
+
+
+def _empty_trajectory(state, num_snapshots):
+    """The cohort's snapshots taken so far, host-side and checkpointed with its train state:
+    weights [S, M, ...], metrics [S, M, len(_METRICS)], a taken mask, and the running sum and count
+    of minibatch losses since each model's last snapshot (its next row's train loss)."""
+    slots = state["diverged"].shape[0]
+    weights = {k: jax.tree_util.tree_map(lambda x: np.zeros((num_snapshots,) + x.shape, x.dtype),
+                                         state[k]) for k in ("params", "batch_stats")}
+    return dict(weights=weights, metrics=np.zeros((num_snapshots, slots, len(_METRICS)), np.float64),
+                taken=np.zeros((num_snapshots, slots), bool), loss_sum=np.zeros(slots),
+                loss_count=np.zeros(slots))
+
+
+def _due(ctx, members, traj, done_steps):
+    """(model slot, snapshot index) of every snapshot reached but not yet taken."""
+    return [(m, j) for m, s in enumerate(members)
+            for j, (_, step) in enumerate(ctx["schedules"][s.model_id])
+            if step <= done_steps[m] and not traj["taken"][j, m]]
+
+
+def _take_due(ctx, members, state, traj, done_steps, steps_per_epoch):
+    """Evaluates every snapshot whose step has been reached and records it in `traj`."""
+    due = _due(ctx, members, traj, done_steps)
+    if not due:
+        return
+    host = {k: jax.tree_util.tree_map(np.asarray, state[k]) for k in ("params", "batch_stats")}
+    for m, j in due:
+        s = members[m]
+        variables = {k: step_lib.unstack(host[k], m) for k in host}
+        xv, yv = data.task_split(ctx["dataset"], s.classes, "val")
+        vl, va = inference.loss_accuracy(ctx["module"], variables, xv, yv)
+        count = traj["loss_count"][m]
+        train_loss = traj["loss_sum"][m] / count if count else float("nan")  # nan: the init
+        traj["metrics"][j, m] = (done_steps[m], done_steps[m] // steps_per_epoch[m], train_loss, vl, va)
+        traj["taken"][j, m] = True
+        traj["loss_sum"][m] = traj["loss_count"][m] = 0
+        for k in host:
+            jax.tree_util.tree_map(lambda buf, x: buf.__setitem__((j, m), x), traj["weights"][k],
+                                   variables[k])
+
+
+def _add_losses(traj, pending):
+    """Adds minibatch losses ([(loss [K, M] on device, active [K, M])]) to the running sums."""
+    for loss, active in pending:
+        traj["loss_sum"] += (np.asarray(loss) * active).sum(0)
+        traj["loss_count"] += active.sum(0)
+    pending.clear()
+
+
+def _save_model(ctx, spec, m, traj, diverged):
+    schedule = ctx["schedules"][spec.model_id]
+    status = "diverged" if diverged else "ok"
+    rows = [_row(ctx["config"], spec, tag, status, traj["metrics"][j, m])
+            for j, (tag, _) in enumerate(schedule)]
+    snapshots = [{k: jax.tree_util.tree_map(lambda x: x[j, m], traj["weights"][k])
+                  for k in traj["weights"]} for j in range(len(schedule))]
+    ctx["zoo"].add(spec.model_id, rows, snapshots)
 
 
 def train_cohort(ctx, members, cid, pbar=None):
-    """Trains `members` together from their init or from the cohort checkpoint to their last epoch."""
+    """Trains `members` together from their init or from the cohort checkpoint to their last
+    step, taking each model's snapshots as its schedule comes due."""
     config, workdir, zoo = ctx["config"], ctx["workdir"], ctx["zoo"]
     mesh, k, b = ctx["mesh"], ctx["steps_per_call"], int(config.train.batch_size)
     slots, tx = ctx["slots"], ctx["tx"]
     states = [step_lib.init_model_state(tx, ctx["init"](s.model_id), s.optimizer, s.learning_rate,
                                         s.weight_decay, s.momentum) for s in members]
     state = step_lib.stack(states + [states[0]] * (slots - len(members)))  # inactive padding
+    num_snapshots = max(len(ctx["schedules"][s.model_id]) for s in members)
     # the fresh state is the restore target: it gives the restored tree its structure
     ckpt_dir = os.path.join(zoo_store.zoo_dir(workdir), "cohorts", cid)
-    manager, start, state = store.resume(ckpt_dir, state, stage="zoo")
-    state = jax.tree_util.tree_map(np.asarray, state)
+    manager, start, restored = store.resume(
+        ckpt_dir, dict(state=state, trajectory=_empty_trajectory(state, num_snapshots)), stage="zoo")
+    traj = jax.tree_util.tree_map(np.array, restored["trajectory"])  # writable host copies
+    state = step_lib.place(jax.tree_util.tree_map(np.asarray, restored["state"]), mesh,
+                           step_lib.P("models"))
     step = ctx["step"]
-    state = step_lib.place(state, mesh, step_lib.P("models"))
+    steps_per_epoch = [len(ctx["task_idx"][s.model_id][0]) // b for s in members]
+    done_steps = np.array([start * n for n in steps_per_epoch])
+    saved = {m for m, s in enumerate(members) if zoo.done(s, ctx["schedules"][s.model_id])}
+    _take_due(ctx, members, state, traj, done_steps, steps_per_epoch)  # step 0: the init itself
     last = max(s.max_epoch for s in members)
     for epoch in range(start, last):
         t0 = time.time()
         batches = _epoch_batches(members, ctx["task_idx"], epoch, b, k, slots)
-        losses = []
+        pending = []  # minibatch losses not yet added to the running sums
         for i in range(0, batches["active"].shape[0], k):
             chunk = {n: a[i:i + k] for n, a in batches.items()}
             state, loss = step(state, ctx["x_train"],
                                step_lib.place(chunk, mesh, step_lib.P(None, "models")))
-            losses.append(loss)
-        losses = np.concatenate([np.asarray(l) for l in losses])  # [S, M]
-        active = batches["active"]
-        train_loss = losses.sum(0) / np.maximum(active.sum(0), 1)
-        images = int(active.sum()) * b
+            pending.append((loss, chunk["active"]))
+            done_steps += chunk["active"][:, :len(members)].sum(0)
+            if _due(ctx, members, traj, done_steps):
+                _add_losses(traj, pending)
+                _take_due(ctx, members, state, traj, done_steps, steps_per_epoch)
+        _add_losses(traj, pending)
         dt = time.time() - t0
-        due = [(m, s, tag) for m, s in enumerate(members) for tag, e in _snapshots(s)
-               if e == epoch + 1 and not zoo.has(s.model_id, tag)]
-        host = jax.tree_util.tree_map(np.asarray, state) if due else None
-        for m, s, tag in due:
-            variables = dict(params=step_lib.unstack(host["params"], m),
-                             batch_stats=step_lib.unstack(host["batch_stats"], m))
-            xv, yv = data.task_split(ctx["dataset"], s.classes, "val")
-            vl, va = inference.loss_accuracy(ctx["module"], variables, xv, yv)
-            status = "diverged" if bool(host["diverged"][m]) else "ok"
-            zoo.add(_row(config, s, tag, epoch + 1, status, train_loss[m], vl, va), variables)
+        diverged = np.asarray(state["diverged"])
+        finished = [m for m, s in enumerate(members) if m not in saved
+                    and traj["taken"][:len(ctx["schedules"][s.model_id]), m].all()]
+        for m in finished:
+            _save_model(ctx, members[m], m, traj, bool(diverged[m]))
+            saved.add(m)
         if epoch + 1 < last:
-            manager.save(epoch + 1, args=ocp.args.StandardSave(
-                jax.tree_util.tree_map(np.asarray, state)))
+            manager.save(epoch + 1, args=ocp.args.StandardSave(dict(
+                state=jax.tree_util.tree_map(np.asarray, state), trajectory=traj)))
             manager.wait_until_finished()
+        images = int(batches["active"].sum()) * b
         _log(workdir, dict(cohort=cid, epoch=epoch + 1, models=[s.model_id for s in members],
-                           train_loss=[float(v) for v in train_loss[:len(members)]],
                            images_per_sec=images / dt, seconds=dt))
         if pbar is not None:
             pbar.set_postfix(cohort=cid[:9], epoch=f"{epoch + 1}/{last}", img_s=f"{images / dt:.0f}")
-            pbar.update(sum(1 for _, s, tag in due if tag == "final"))
+            pbar.update(len(finished))
     manager.close()
     shutil.rmtree(ckpt_dir, ignore_errors=True)
 
@@ -192,13 +255,16 @@ def run(config, workdir):
     ctx["slots"] = -(-size // ctx["num_devices"]) * ctx["num_devices"]
     ctx["tx"] = step_lib.make_optimizer()
     ctx["step"] = step_lib.make_cohort_step(ctx["module"], ctx["tx"], ctx["strategy"], ctx["mesh"])
+    b = int(config.train.batch_size)
+    ctx["schedules"] = {s.model_id: hparams.snapshot_schedule(
+        config, s, len(ctx["task_idx"][s.model_id][0]) // b) for s in specs}
     cohort_root = os.path.join(zoo_store.zoo_dir(workdir), "cohorts")
-    done = sum(zoo.done(s) for s in specs)
+    done = sum(zoo.done(s, ctx["schedules"][s.model_id]) for s in specs)
     if done == len(specs):
         return zoo_store.read_manifest(workdir)  # nothing to do: leave every file untouched
     with tqdm(total=len(specs), initial=done, desc="zoo models", unit="model") as pbar:
         for cohort in plan_cohorts(specs, size):
-            pending = [s for s in cohort if not zoo.done(s)]
+            pending = [s for s in cohort if not zoo.done(s, ctx["schedules"][s.model_id])]
             if not pending:
                 continue
             # A killed cohort resumes with its full membership; otherwise train only what is missing.
