@@ -19,6 +19,7 @@ def get_config(arg=None):
     c.stage = "demo"
     c.preset = preset
     c.stages = STAGES
+    c.seeds = (0,)  # several, e.g. '(0,1,2)': the whole pipeline per seed, then mean ± std
     for name, module in zip(STAGES, (zoo, pca, ae, align, generator, sample, evaluate)):
         c[name] = module.get_config(sub)
     if preset == "tiny":

@@ -19,7 +19,7 @@ def get_config(arg=None):
     c.samplers = ("path", "ridge", "flow", "thesis")  # each alone, beside 'best' (keep-the-best)
     c.no_selection = "path"      # the generator reported as `r2_loss_no_selection`
     c.pool = ml_collections.ConfigDict(dict(per_segment=3, flow_samples=1))  # per requested loss
-    c.recalibrate = ml_collections.ConfigDict(dict(enabled=True, num_batches=8, batch_size=64))
+    c.recalibrate = ml_collections.ConfigDict(dict(enabled=True, num_batches=4, batch_size=64))
     c.finetune = ml_collections.ConfigDict(dict(epochs=(0, 1, 3), learning_rate=3e-3, batch_size=64))
     if preset == "tiny":
         c.num_train_tasks = 1

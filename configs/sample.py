@@ -20,7 +20,7 @@ def get_config(arg=None):
     c.num_samples = 4
     c.pool = ml_collections.ConfigDict(dict(per_segment=3, flow_samples=8))
     c.latent_noise = 0.25      # thesis sampler: noise in units of the train latents' std
-    c.recalibrate = ml_collections.ConfigDict(dict(enabled=True, num_batches=8, batch_size=64))
+    c.recalibrate = ml_collections.ConfigDict(dict(enabled=True, num_batches=4, batch_size=64))
     if preset == "tiny":
         c.num_samples = 2
         c.pool.flow_samples = 2

@@ -28,7 +28,8 @@ def test_held_out_class_sets_never_reach_a_zoo_model(pipeline):
 
 
 def test_sampled_networks_load_with_the_zoo_loader_and_classify(pipeline):
-    sample_dirs = [d for d in os.listdir(os.path.join(pipeline, "sample")) if not d.endswith(".json")]
+    sample_dirs = [d for d in os.listdir(os.path.join(pipeline, "sample"))
+                   if d.endswith("_best") and "loss0.050" not in d and "loss1.500" not in d]
     assert len(sample_dirs) == 1
     root = os.path.join("sample", sample_dirs[0])
     rows = read_manifest(pipeline, root=root)
@@ -47,16 +48,39 @@ def test_sampled_networks_load_with_the_zoo_loader_and_classify(pipeline):
 
 def test_evaluate_writes_every_plot_and_metric(pipeline):
     out = os.path.join(pipeline, "evaluate")
-    for name in ("metrics.json", "report.md", "records.json", "target_vs_achieved.png", "heatmap.png"):
+    for name in ("metrics.json", "report.md", "records.json", "target_vs_achieved.png", "finetune.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
     metrics = json.load(open(os.path.join(out, "metrics.json")))
+    config = demo.get_config("tiny").evaluate
     for kind in ("train", "held_out"):
         m = metrics[kind]
-        for key in ("r2_loss", "accuracy", "copy_accuracy", "mean_model_accuracy",
-                    "random_init_accuracy", "best_accuracy_vs_zoo_median", "memorisation_agreement"):
+        for key in ("r2_loss", "r2_loss_no_selection", "copy_r2_loss", "spearman_loss", "accuracy",
+                    "copy_accuracy", "copy_noise_accuracy", "mean_model_accuracy",
+                    "random_init_accuracy", "novelty_agreement"):
             assert np.isfinite(m[key]), (kind, key)
         assert 0.0 <= m["accuracy"] <= 1.0
-    assert "ae" in metrics and "align" in metrics
+        # the thesis mode is evaluated beside the new generators
+        assert set(m["samplers"]) == {"best", "copy", *config.samplers}
+    assert len(metrics["held_out"]["finetune"]["sample"]) == len(config.finetune.epochs)
+    records = json.load(open(os.path.join(out, "records.json")))["records"]
+    best = [r for r in records if r["sampler"] == "best"]
+    assert len(best) == len(metrics["targets"]) * (config.num_train_tasks + config.num_held_out_tasks)
+    # keep-the-best chose on train images: each record says the train loss it was chosen by
+    assert all(np.isfinite(r["train_loss"]) for r in best)
+    assert "ae" in metrics and "align" in metrics and "generator" in metrics
+
+
+def test_a_different_request_changes_the_sample(pipeline):
+    config = demo.get_config("tiny").sample
+    roots = []
+    for loss in (0.05, 1.5):
+        c = config.copy_and_resolve_references()
+        c.target_loss = loss
+        roots.append(run_stage(c, pipeline))
+    assert roots[0] != roots[1]
+    low, high = (load_model(pipeline, 0, "final", root=r) for r in roots)
+    assert not np.allclose(low[1]["params"]["fc"]["kernel"], high[1]["params"]["fc"]["kernel"])
+    assert low[2]["val_loss"] < high[2]["val_loss"]
 
 
 def _outputs(workdir):

@@ -55,8 +55,9 @@ def test_path_model_learns_class_dependent_trajectories():
     cls = np.stack([features.class_features(c, 10) for c in sets])
     target = rng.normal(size=(cls.shape[1], 4 * 3))
     z = (cls @ target).reshape(len(sets), 4, 3)
-    log_loss = np.log(np.linspace(1.5, 0.1, 4))[None] - 0.1 * cls[:, :1]
-    model = path_lib.fit(cls, z, log_loss, l2=1e-4)
+    log_loss = np.log([1.5, 0.6, 0.7, 0.1])[None] - 0.1 * cls[:, :1]   # not monotone: made so
+    model = path_lib.PathModel(path_lib.fit_latent(cls, z, l2=1e-4),
+                               linear.fit_ridge(cls, log_loss, l2=1e-4))
     pz, curve = path_lib.predict(model, cls[:1])
     np.testing.assert_allclose(pz[0], z[0], atol=1e-2)
     assert np.all(np.diff(curve[0]) <= 0)
@@ -77,6 +78,31 @@ def test_flow_matching_learns_a_conditional_two_point_distribution():
 
 def test_keep_the_best_picks_the_candidate_nearest_each_target_in_log_space():
     assert select.nearest([0.05, 0.2, 1.0], [0.09, 0.5, 2.0]).tolist() == [0, 2, 2]
+    # calibrated: a train loss of 0.1 predicts a val loss of 2 * 0.1 ** 0.5
+    np.testing.assert_allclose(select.calibrate([0.1], (0.5, np.log(2.0))), [2 * 0.1 ** 0.5])
+
+
+def test_cross_fit_predicts_each_class_set_without_its_own_models():
+    config = generator_configs.get_config("tiny")
+    sets = [(0, 1, 2), (0, 1, 3), (2, 4, 6), (1, 5, 9)] * 2
+    cls = np.stack([features.class_features(c, 10) for c in sets])
+    z = np.random.default_rng(4).normal(size=(len(sets), 3, 5))
+
+    def paths(z):
+        seen = {}
+        feats, val, _ = generator_stage.cross_fit(
+            config, cls, z, sets, lambda c, p: seen.setdefault(c, p) is None or (np.ones(3), np.ones(3)))
+        assert val.shape == (4, 3) and len(feats) == 4
+        return seen
+
+    before = paths(z)
+    assert sorted(before) == sorted(set(sets))
+    moved = z.copy()
+    moved[[i for i, c in enumerate(sets) if c == (0, 1, 2)]] += 50.0  # its own models only
+    after = paths(moved)
+    np.testing.assert_allclose(after[(0, 1, 2)], before[(0, 1, 2)], atol=1e-4)
+    # and some other class set's path did use those models
+    assert any(not np.allclose(after[c], before[c]) for c in before if c != (0, 1, 2))
 
 
 def test_r_squared_and_spearman_compute_what_their_names_say():
@@ -96,6 +122,12 @@ def test_copy_takes_the_nearest_class_set_then_the_nearest_loss():
     assert evaluate_stage.copy_index(feats, losses, features.class_features((0, 1, 2), 10), 0.8) == 0
 
 
+def _fake_achieved(classes, coeffs):
+    """Losses falling along the path, offset by the class set: stands in for decode + recal."""
+    falling = np.exp(-np.linalg.norm(coeffs - coeffs[0], axis=1) / 10) + 0.01 * sum(classes)
+    return falling, 0.8 * falling
+
+
 def test_held_out_models_never_reach_fitting():
     config = generator_configs.get_config("tiny")
     config.flow.steps = 20
@@ -108,12 +140,14 @@ def test_held_out_models_never_reach_fitting():
                              split="train" if m < 6 else "val", val_loss=1.5 / (1 + step)))
             coeffs.append(rng.normal(size=12))
     coeffs = np.array(coeffs, np.float32)
-    arrays, _, _ = generator_stage.fit(config, rows, coeffs, 10, jax.random.key(0))
+    arrays, meta, _ = generator_stage.fit(config, rows, coeffs, 10, jax.random.key(0), _fake_achieved)
+    # train losses are 0.8x val losses: log val = log train + log 1.25
+    np.testing.assert_allclose(meta["calibration"], [1.0, np.log(1.25)], atol=1e-4)
     held = [i for i, r in enumerate(rows) if r["split"] != "train"]
     coeffs[held] += 100.0
     for i in held:
         rows[i] = dict(rows[i], val_loss=9.0)
-    again, _, _ = generator_stage.fit(config, rows, coeffs, 10, jax.random.key(0))
+    again, _, _ = generator_stage.fit(config, rows, coeffs, 10, jax.random.key(0), _fake_achieved)
     jax.tree_util.tree_map(np.testing.assert_array_equal, arrays, again)
 
 

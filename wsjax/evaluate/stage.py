@@ -27,7 +27,6 @@ from wsjax.evaluate import finetune, metrics, report
 from wsjax.generator import features, linear, select
 from wsjax.generator import stage as generator_stage
 from wsjax.models import inference
-from wsjax.sample.stage import train_images
 from wsjax.zoo import init as init_lib
 from wsjax.zoo import store
 
@@ -138,7 +137,7 @@ def noisy_copy(variables, norm, key):
 def evaluate_task(ctx, classes, kind, targets, key):
     """Records of every sampler and baseline for one class set."""
     cfg = ctx.config
-    x_train, y_train = train_images(ctx.dataset, classes, cfg.seed)
+    x_train, y_train = select.prompt_images(ctx.dataset, classes, cfg.seed)
     prompt = dict(train=(x_train, y_train), val=data.task_split(ctx.dataset, classes, "val"))
     base = dict(kind=kind, classes=list(classes))
     records = []
@@ -152,10 +151,12 @@ def evaluate_task(ctx, classes, kind, targets, key):
     pool_z = ctx.gen.candidates(classes, targets + [ctx.median_loss], k_pool, **cfg.pool)
     pool = ctx.gen.variables(pool_z)
     r = cfg.recalibrate
-    train_loss = select.train_losses(ctx.module, pool, x_train, y_train,
-                                     num_batches=r.num_batches, batch_size=r.batch_size)
-    for t, i in zip(targets, select.nearest(train_loss, targets)):
-        add("best", t, select.unstack(pool, i), train_loss=float(train_loss[i]))
+    train_loss = select.losses(ctx.module, pool, (x_train, y_train),
+                               num_batches=r.num_batches, batch_size=r.batch_size)
+    expected = select.calibrate(train_loss, ctx.gen.meta["calibration"])
+    for t, i in zip(targets, select.nearest(expected, targets)):
+        add("best", t, select.unstack(pool, i), train_loss=float(train_loss[i]),
+            expected_loss=float(expected[i]))
     for sampler in cfg.samplers:
         if sampler == "thesis":
             z = ctx.thesis.latents([classes] * len(targets), targets,
@@ -170,7 +171,7 @@ def evaluate_task(ctx, classes, kind, targets, key):
 
     # at the zoo's median final loss: the default sampler against every baseline
     median = ctx.median_loss
-    i = int(select.nearest(train_loss, [median])[0])
+    i = int(select.nearest(expected, [median])[0])
     sample = select.unstack(pool, i)
     s_loss, s_acc, s_logits = ctx.score(sample, prompt)
     near = ctx.nearest(linear.decode(ctx.gen.latent, pool_z[i]))
@@ -206,7 +207,7 @@ def same_set_agreement(ctx, max_sets):
             by_set.setdefault(ctx.rows[i]["classes"], []).append(i)
     out = []
     for classes, idx in list((c, v) for c, v in by_set.items() if len(v) >= 2)[:max_sets]:
-        x_train, y_train = train_images(ctx.dataset, classes, ctx.config.seed)
+        x_train, y_train = select.prompt_images(ctx.dataset, classes, ctx.config.seed)
         prompt = dict(train=(x_train, y_train), val=data.task_split(ctx.dataset, classes, "val"))
         a, b = (ctx.score(ctx.snapshot(i), prompt)[2] for i in idx[:2])
         out.append(metrics.logit_metrics(a, b)["agreement"])

@@ -10,7 +10,7 @@ import os
 import jax
 import numpy as np
 
-from wsjax import data, models, pca
+from wsjax import models, pca
 from wsjax.common import config as config_lib
 from wsjax.common import store
 from wsjax.common.config import require

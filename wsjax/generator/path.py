@@ -1,11 +1,12 @@
 """The predicted training path of a class set, and where on it a requested loss lies.
 
 Per schedule position j (the zoo's snapshot steps), a ridge from class features to the latent of
-the snapshot at j and to its log val loss: a class set gets a path z_0..z_J (z_0: the shared
-init) and a loss curve. A request is met at the point where the loss curve, made monotone,
-crosses the requested loss; between positions both are linear in t. Along the straight line from
-init to a trained network the loss falls monotonically for most class sets (DESIGN.md), so the
-predicted curve is a model of each class set's reachable range.
+the snapshot at j: a class set gets a path z_0..z_J (z_0: the shared init). A second ridge maps
+class features to the log val loss that the *predicted* path achieves at each position once
+decoded and BN-recalibrated, learnt by cross-fitting over train class sets (the path of a set
+is predicted by a model that never saw it): the model of each class set's reachable range. A
+request is met where that curve, made monotone, crosses the requested loss; between positions
+both are linear in t.
 """
 from typing import NamedTuple
 
@@ -16,20 +17,22 @@ from wsjax.generator import linear
 
 class PathModel(NamedTuple):
     latent: linear.Ridge     # class features -> [J * d] path latents
-    log_loss: linear.Ridge   # class features -> [J] log val loss per position
+    log_loss: linear.Ridge   # class features -> [J] achieved log val loss per position
 
 
-def fit(class_feats, z, log_loss, l2):
-    """class_feats [M, F], z [M, J, d], log_loss [M, J] of M train models."""
-    m, j, d = z.shape
-    return PathModel(linear.fit_ridge(class_feats, z.reshape(m, j * d), l2),
-                     linear.fit_ridge(class_feats, log_loss, l2))
+def fit_latent(class_feats, z, l2):
+    """Ridge from class features [M, F] to the trajectories z [M, J, d] of M train models."""
+    return linear.fit_ridge(class_feats, z.reshape(len(z), -1), l2)
+
+
+def predict_latent(ridge, class_feats, length):
+    """[N, J, d] predicted paths of N class sets."""
+    return linear.predict(ridge, class_feats).reshape(len(class_feats), length, -1)
 
 
 def predict(model, class_feats):
     """(path latents [N, J, d], monotone log-loss curves [N, J]) of N class sets."""
-    n = len(class_feats)
-    z = linear.predict(model.latent, class_feats).reshape(n, model.log_loss.w.shape[1], -1)
+    z = predict_latent(model.latent, class_feats, model.log_loss.w.shape[1])
     curve = np.minimum.accumulate(linear.predict(model.log_loss, class_feats), axis=1)
     return z, curve
 

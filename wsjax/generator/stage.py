@@ -7,21 +7,23 @@
 Generators (all in one latent: the top principal directions of the train snapshots' PCA
 coefficients, no wider than their span and not whitened):
 - 'ridge': z = ridge([class slots, log-loss bumps, their products]);
-- 'path': the class set's predicted training path and loss curve, met at the requested loss;
+- 'path': the class set's predicted training path, met where the loss it achieves (a curve
+  learnt by cross-fitting over train class sets) reaches the requested loss;
 - 'flow': conditional flow matching, diverse samples;
 - the thesis's align + AE decoder stays in `wsjax.sample.generate` ('thesis').
 """
+import functools
 import json
 import os
 
 import jax
 import numpy as np
 
-from wsjax import data, pca
+from wsjax import data, models, pca
 from wsjax.common import config as config_lib
 from wsjax.common import store
 from wsjax.common.config import require
-from wsjax.generator import features, flow, linear
+from wsjax.generator import features, flow, linear, select
 from wsjax.generator import path as path_lib
 from wsjax.zoo import store as zoo_store
 
@@ -33,6 +35,7 @@ def check_config(config):
     require(config.l2 > 0, f"config.l2 must be > 0, got {config.l2}")
     require(config.loss_bumps.num >= 2, f"config.loss_bumps.num must be >= 2, got {config.loss_bumps.num}")
     require(config.loss_bumps.width > 0, f"config.loss_bumps.width must be > 0, got {config.loss_bumps.width}")
+    require(config.cross_fit.folds >= 2, f"config.cross_fit.folds must be >= 2, got {config.cross_fit.folds}")
     for name in ("hidden", "depth", "steps", "batch_size", "sample_steps"):
         require(config.flow[name] >= 1, f"config.flow.{name} must be >= 1, got {config.flow[name]}")
 
@@ -58,8 +61,29 @@ def trajectories(rows):
     return {m: sorted(v, key=lambda r: r["step"]) for m, v in by_model.items() if len(v) == length}
 
 
-def fit(config, rows, coeffs, num_classes, key):
-    """Every generator fitted on the train-split rows: (arrays pytree, meta dict, flow losses)."""
+def cross_fit(config, cls, z, sets, achieved):
+    """Achieved log val (and train) losses [S, J] along the predicted paths of the S train class
+    sets, each path predicted by a ridge fitted without that class set (`config.cross_fit.folds`
+    folds over class sets); cls [M, F], z [M, J, d], sets [M] class set of each train model."""
+    unique = sorted(set(sets))
+    fold = np.random.default_rng(config.seed).permutation(len(unique)) % int(config.cross_fit.folds)
+    out_val, out_train, feats = {}, {}, {}
+    for f in range(int(config.cross_fit.folds)):
+        test = {s for s, k in zip(unique, fold) if k == f}
+        keep = np.array([s not in test for s in sets])
+        ridge = path_lib.fit_latent(cls[keep], z[keep], config.l2)
+        for s in sorted(test):
+            feats[s] = cls[sets.index(s)]
+            path = path_lib.predict_latent(ridge, feats[s][None], z.shape[1])[0]
+            out_val[s], out_train[s] = achieved(s, path)
+    return (np.stack([feats[s] for s in unique]), np.log([out_val[s] for s in unique]),
+            np.log([out_train[s] for s in unique]))
+
+
+def fit(config, rows, coeffs, num_classes, key, achieved):
+    """Every generator fitted on the train-split rows: (arrays pytree, meta dict, flow losses).
+    `achieved(classes, path [J, d]) -> (val losses [J], train losses [J])` measures a predicted
+    path of a train class set once decoded (see `cross_fit`)."""
     train = [i for i, r in enumerate(rows) if r["split"] == "train"]
     require(len(train) >= 2, "the zoo has fewer than 2 train snapshots: nothing to fit")
     latent = linear.fit_latent(coeffs[train], int(config.latent_dim))
@@ -72,10 +96,15 @@ def fit(config, rows, coeffs, num_classes, key):
     ridge = linear.fit_ridge(features.request_features(cls[train], log_loss[train], centers, width),
                              z[train], config.l2)
     pos = {(r["model_id"], r["snapshot"]): i for i, r in enumerate(rows)}
-    traj = [[pos[(r["model_id"], r["snapshot"])] for r in v]
-            for v in trajectories([rows[i] for i in train]).values()]
-    traj = np.array(traj)                                  # [M, J] row indices
-    path = path_lib.fit(cls[traj[:, 0]], z[traj], log_loss[traj], config.l2)
+    traj = np.array([[pos[(r["model_id"], r["snapshot"])] for r in v]
+                     for v in trajectories([rows[i] for i in train]).values()])  # [M, J] row indices
+    sets = [rows[i]["classes"] for i in traj[:, 0]]
+    set_feats, val_curves, train_curves = cross_fit(
+        config, cls[traj[:, 0]], z[traj], sets,
+        lambda classes, path: achieved(classes, linear.decode(latent, path)))
+    path = path_lib.PathModel(path_lib.fit_latent(cls[traj[:, 0]], z[traj], config.l2),
+                              linear.fit_ridge(set_feats, val_curves, config.l2))
+    calibration = np.polyfit(train_curves.ravel(), val_curves.ravel(), 1)  # log val vs log train
     f = config.flow
     cond = np.concatenate([cls, features.fourier(log_loss, f.num_freqs)], 1)
     flow_params, scale, losses = flow.train(
@@ -86,33 +115,40 @@ def fit(config, rows, coeffs, num_classes, key):
                   flow=flow_params)
     meta = dict(num_classes=int(num_classes), centers=[float(c) for c in centers], width=width,
                 flow_scale=scale, path_length=int(traj.shape[1]), latent_dim=int(latent.basis.shape[0]),
+                calibration=[float(c) for c in calibration],
                 loss_range=[float(np.exp(log_loss[train].min())), float(np.exp(log_loss[train].max()))])
-    return arrays, meta, losses
+    fitted = dict(flow_final_loss=float(losses[-100:].mean()),
+                  unseen_set_path_end_val_loss=float(np.exp(val_curves[:, -1]).mean()),
+                  unseen_set_path_end_train_loss=float(np.exp(train_curves[:, -1]).mean()))
+    return arrays, meta, fitted
 
 
-def fidelity(config, rows, coeffs, arrays, meta):
-    """How much of held-out models the latent keeps, and how well the maps predict val models."""
+def measure_paths(config, workdir, zoo_config):
+    """`achieved` for `fit`: decode a path's coefficients [J, K], recalibrate BN on the class set's
+    train images, and return its (val losses, train losses) [J]."""
+    dataset = data.load(zoo_config.data)
+    module = models.build(zoo_config.model, zoo_config.tasks.k)
+    decode = jax.jit(jax.vmap(functools.partial(pca.decode, pca.load(workdir))))
+    r = config.recalibrate
+
+    def achieved(classes, coeffs):
+        stacked = jax.tree_util.tree_map(np.asarray, decode(coeffs))
+        return select.losses(module, stacked, select.prompt_images(dataset, classes, config.seed),
+                             data.task_split(dataset, classes, "val"),
+                             num_batches=r.num_batches, batch_size=r.batch_size)[::-1]
+
+    return achieved
+
+
+def fidelity(rows, coeffs, arrays):
+    """How much of held-out (val/test) models' coefficients the latent keeps."""
     latent = linear.Latent(**arrays["latent"])
     held = [i for i, r in enumerate(rows) if r["split"] in ("val", "test")]
-    out = dict(latent_dim=meta["latent_dim"])
-    if held:
-        x = coeffs[held]
-        resid = ((x - linear.decode(latent, linear.encode(latent, x))) ** 2).sum(1)
-        out["heldout_energy_in_latent"] = float(1 - resid.sum() / ((x - latent.mean) ** 2).sum())
-    val = [rows[i] for i in held if rows[i]["split"] == "val"]
-    if val:
-        model = path_lib.PathModel(linear.Ridge(**arrays["path"]["latent"]),
-                                   linear.Ridge(**arrays["path"]["log_loss"]))
-        by_model = trajectories(val)
-        if by_model:
-            cls = np.stack([features.class_features(v[0]["classes"], meta["num_classes"])
-                            for v in by_model.values()])
-            true = np.log([[r["val_loss"] for r in v] for v in by_model.values()])
-            _, curve = path_lib.predict(model, cls)
-            if curve.shape == true.shape:
-                out["val_path_log_loss_r2"] = float(
-                    1 - ((curve - true) ** 2).sum() / ((true - true.mean()) ** 2).sum())
-    return out
+    if not held:
+        return {}
+    x = coeffs[held]
+    resid = ((x - linear.decode(latent, linear.encode(latent, x))) ** 2).sum(1)
+    return dict(heldout_energy_in_latent=float(1 - resid.sum() / ((x - latent.mean) ** 2).sum()))
 
 
 def run(config, workdir):
@@ -123,9 +159,10 @@ def run(config, workdir):
     zoo_config = config_lib.load(workdir, "zoo")
     num_classes = data.load(zoo_config.data).num_classes
     rows, coeffs = zoo_table(workdir)
-    arrays, meta, losses = fit(config, rows, coeffs, num_classes, jax.random.key(config.seed))
-    metrics = fidelity(config, rows, coeffs, arrays, meta)
-    metrics["flow_final_loss"] = float(losses[-100:].mean())
+    arrays, meta, fitted = fit(config, rows, coeffs, num_classes, jax.random.key(config.seed),
+                               measure_paths(config, workdir, zoo_config))
+    metrics = dict(latent_dim=meta["latent_dim"], **fidelity(rows, coeffs, arrays), **fitted,
+                   calibration_slope=meta["calibration"][0], calibration_intercept=meta["calibration"][1])
     store.save(os.path.join(out_dir, "state"), arrays)
     with open(os.path.join(out_dir, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)

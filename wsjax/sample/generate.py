@@ -1,4 +1,5 @@
-"""(class set, target result) -> z_proj -> AE decoder -> inverse PCA -> ResNet-18 variables."""
+"""The thesis sampler: (class set, target result) -> z_proj (align) -> AE decoder -> inverse PCA ->
+ResNet-18 variables. The conditional generators of `wsjax.generator` sit beside it."""
 import functools
 
 import jax
@@ -7,7 +8,6 @@ import numpy as np
 
 from wsjax import ae, align, data, encoders, models, pca
 from wsjax.common import config as config_lib
-from wsjax.models import bn
 
 
 class Generator:
@@ -38,10 +38,3 @@ class Generator:
     def weights(self, z):
         """Stacked variables [N, ...] decoded from latents [N, D]."""
         return self._decode(self.autoencoder.decode(z))
-
-    def recalibrate(self, variables, classes, *, num_batches, batch_size, seed=0):
-        """BatchNorm statistics re-estimated on the task's own train images."""
-        idx, _ = data.task_indices(self.dataset.y_train, classes)
-        images = self.dataset.x_train[np.random.default_rng(seed).permutation(idx)]
-        return bn.recalibrate(self.module, variables, images, num_batches=num_batches,
-                              batch_size=batch_size)

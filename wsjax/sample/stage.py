@@ -48,17 +48,10 @@ def request_root(classes, loss, accuracy, sampler):
                                   f"_acc{accuracy:.3f}_{sampler}")
 
 
-def train_images(dataset, classes, seed):
-    """The task's train images and local labels, shuffled (BN batches see every class)."""
-    x, y = data.task_split(dataset, classes, "train")
-    perm = np.random.default_rng(seed).permutation(len(x))
-    return x[perm], y[perm]
-
-
 def draw(config, workdir, classes, loss, acc, dataset):
     """Stacked variables [num_samples, ...] for the request, BN statistics recalibrated."""
     n, key, recal = int(config.num_samples), jax.random.key(config.seed), config.recalibrate
-    x, y = train_images(dataset, classes, config.seed)
+    x, y = select.prompt_images(dataset, classes, config.seed)
     if config.sampler == "thesis":
         from wsjax.sample.generate import Generator
         gen = Generator(workdir)
@@ -69,9 +62,10 @@ def draw(config, workdir, classes, loss, acc, dataset):
         module = gen.module
         if config.sampler == "best":
             pool = gen.variables(gen.candidates(classes, [loss], key, **config.pool))
-            losses = select.train_losses(module, pool, x, y, num_batches=recal.num_batches,
-                                         batch_size=recal.batch_size)
-            keep = np.argsort(np.abs(np.log(losses) - np.log(loss)))[:n]
+            expected = select.calibrate(select.losses(
+                module, pool, (x, y), num_batches=recal.num_batches, batch_size=recal.batch_size),
+                gen.meta["calibration"])
+            keep = np.argsort(np.abs(np.log(expected) - np.log(loss)))[:n]
             stacked = jax.tree_util.tree_map(lambda a: a[keep], pool)
         else:
             z = np.concatenate([gen.latents(config.sampler, classes, [loss], jax.random.fold_in(key, i))
