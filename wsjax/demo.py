@@ -3,7 +3,13 @@ import time
 
 from absl import logging
 
-from wsjax.stages import run_stage
+from wsjax.stages import run_stage, validate
+
+
+def check_config(config):
+    """Every stage's config, before the first one starts."""
+    for stage in config.stages:
+        validate(config[stage])
 
 
 def run(config, workdir):
@@ -11,7 +17,7 @@ def run(config, workdir):
     for stage in config.stages:
         start = time.perf_counter()
         logging.info("demo: stage %s", stage)
-        run_stage(config[stage], workdir)
+        run_stage(config[stage], workdir, overwrite=bool(config.get("overwrite", False)))
         timings[stage] = round(time.perf_counter() - start, 1)
         logging.info("demo: stage %s done in %.1f s", stage, timings[stage])
     print("demo stage times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()))
