@@ -28,7 +28,8 @@ def test_held_out_class_sets_never_reach_a_zoo_model(pipeline):
 
 
 def test_sampled_networks_load_with_the_zoo_loader_and_classify(pipeline):
-    sample_dirs = [d for d in os.listdir(os.path.join(pipeline, "sample")) if not d.endswith(".json")]
+    sample_dirs = [d for d in os.listdir(os.path.join(pipeline, "sample"))
+                   if os.path.isdir(os.path.join(pipeline, "sample", d))]
     assert len(sample_dirs) == 1
     root = os.path.join("sample", sample_dirs[0])
     rows = read_manifest(pipeline, root=root)

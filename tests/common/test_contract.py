@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 from conftest import write_fake_zoo
 
@@ -137,3 +138,11 @@ def test_overwrite_moves_the_old_stage_aside_and_starts_fresh(built, tmp_path):
     with open(os.path.join(workdir, aside[0], contract.FINGERPRINT)) as f:
         assert json.load(f)["settings"]["pca.max_components"] == 8
     assert os.path.exists(os.path.join(workdir, "pca", "coeffs.npz"))
+
+
+def test_sample_requests_with_other_settings_share_the_sample_directory(tmp_path):
+    workdir = str(tmp_path)
+    for stage in ("zoo", "pca", "ae", "align"):
+        contract.record(stage, ml_collections.ConfigDict({"stage": stage, "seed": 0}), workdir)
+    a, b = (ml_collections.ConfigDict({"stage": "sample", "classes": c}) for c in ("1-2", "3-4"))
+    assert contract.fingerprint("sample", a, workdir) == contract.fingerprint("sample", b, workdir)

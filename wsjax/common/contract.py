@@ -27,6 +27,9 @@ RUNTIME_FIELDS = frozenset(("compile_cache", "overwrite", "preset", "verbosity",
 # The stages each stage reads; their fingerprints are part of its own.
 INPUTS = {"pca": ("zoo",), "ae": ("pca",), "align": ("ae",), "sample": ("align",),
           "evaluate": ("align",)}
+# Stages whose settings do not pin their directory (sample keeps one directory per request,
+# named by its settings; a benchmark rewrites its results each run): only inputs are compared.
+UNPINNED_STAGES = frozenset(("sample", "bench_zoo", "bench_pca"))
 FINGERPRINT = "fingerprint.json"
 _OWN_FILES = frozenset((".lock", FINGERPRINT, "config.json"))  # what the contract itself writes
 _SHOWN = 6  # differing fields named in a refusal
@@ -79,7 +82,7 @@ def fingerprint(stage, config, workdir):
     """The record of this run: settings, the recorded fingerprints of its inputs, and their hash."""
     inputs = {upstream: current(workdir, upstream)["fingerprint"]
               for upstream in INPUTS.get(stage, ())}
-    record = dict(settings=settings(config), inputs=inputs)
+    record = dict(settings={} if stage in UNPINNED_STAGES else settings(config), inputs=inputs)
     digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
     return dict(fingerprint=digest[:16], **record)
 
