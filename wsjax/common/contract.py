@@ -61,8 +61,8 @@ def read(workdir, stage):
         with open(path) as f:
             return json.load(f)
     except ValueError as e:
-        raise ConfigError(f"{path} is corrupt ({e}): use a new --workdir, or "
-                          "--config.overwrite=True to move the stage's outputs aside") from e
+        raise ConfigError(f"{path} is corrupt ({e}): delete it and rerun the '{stage}' stage "
+                          "with this --workdir") from e
 
 
 def current(workdir, stage):
@@ -167,7 +167,7 @@ def claim(stage, config, workdir, overwrite=False):
         if old is not None and old["fingerprint"] != new["fingerprint"]:
             require(overwrite, refusal(stage, workdir, old, new))
             stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-            aside = f"{directory.rstrip(os.sep)}.old-{stamp}"
+            aside = f"{directory}.old-{stamp}"
             os.rename(directory, aside)  # the lock moves with it: lock the fresh directory too
             stack.enter_context(locked(_make_dir(workdir, stage)))
             logging.warning("%s: settings changed and overwrite=True: moved the old outputs to %s",
