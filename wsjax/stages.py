@@ -22,8 +22,8 @@ VALIDATORS = {"zoo": ("wsjax.zoo.hparams", "validate")}
 
 
 def validate(config):
-    """The stage's module after one ConfigError for a bad `config.stage` or field, before any
-    file is written."""
+    """Checks `config.stage` and the stage's fields (one ConfigError) before any file is
+    written; returns the stage's module."""
     stage = config.get("stage")
     if stage not in STAGES:
         raise config_lib.ConfigError(f"config.stage must be one of {sorted(STAGES)}, got {stage!r}")

@@ -195,8 +195,7 @@ def train(config, workdir, stop_at=None):
             state, m = step_fn(state, _batch(train_data, step, config))
             done = step + 1
             if done % config.eval_every == 0 or done == config.num_steps:
-                rec = dict(**{k: float(v) for k, v in m.items()},
-                           **evaluate(module, state["params"], data, config))
+                rec = {k: float(v) for k, v in m.items()} | evaluate(module, state["params"], data, config)
                 log.write(done, **rec)
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", val_top1=f"{rec.get('val_top1', float('nan')):.2f}")
             if done % config.checkpoint_every == 0 or done == config.num_steps:

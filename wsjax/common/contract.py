@@ -162,9 +162,10 @@ def claim(stage, config, workdir, overwrite=False):
     with contextlib.ExitStack() as stack:
         stack.enter_context(locked(directory))
         old = read(workdir, stage)
-        if old is not None and not set(os.listdir(directory)) - _OWN_FILES:
-            old = None  # a run that stopped before writing anything: nothing to protect
-        if old is not None and old["fingerprint"] != new["fingerprint"]:
+        changed = old is None or old["fingerprint"] != new["fingerprint"]
+        # a directory with nothing but the contract's files (a run that stopped before writing
+        # anything, or the demo's) has nothing to protect: it is just recorded anew
+        if changed and old is not None and set(os.listdir(directory)) - _OWN_FILES:
             require(overwrite, refusal(stage, workdir, old, new))
             stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
             aside = f"{directory}.old-{stamp}"
@@ -172,7 +173,6 @@ def claim(stage, config, workdir, overwrite=False):
             stack.enter_context(locked(_make_dir(workdir, stage)))
             logging.warning("%s: settings changed and overwrite=True: moved the old outputs to %s",
                             stage, aside)
-            old = None
-        if old is None:  # a first run here, or a fresh start: say what the directory will hold
+        if changed:  # a first run here, or a fresh start: say what the directory will hold
             record(stage, config, workdir, new)
         yield
