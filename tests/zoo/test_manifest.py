@@ -6,7 +6,7 @@ import pytest
 from wsjax.common.config import ConfigError
 from wsjax.zoo import store as zoo_store
 
-ROW = dict(model_id=0, snapshot="final", epoch=2, max_epoch=2, classes="0-1-2", split="train",
+ROW = dict(model_id=0, snapshot="final", step=2, epoch=2, max_epoch=2, classes="0-1-2", split="train",
            status="ok", optimizer="adam", learning_rate=1e-3, weight_decay=0.0, momentum=0.0,
            batch_size=64, init="shared", init_seed=0, seed=0, train_loss=1.0, val_loss=1.1,
            val_accuracy=0.5)
@@ -16,8 +16,8 @@ ROW = dict(model_id=0, snapshot="final", epoch=2, max_epoch=2, classes="0-1-2", 
 def manifest(tmp_path):
     workdir = str(tmp_path)
     os.makedirs(zoo_store.zoo_dir(workdir))
-    zoo_store.write_manifest(workdir, [dict(ROW, model_id=m, snapshot=s)
-                                       for m in range(3) for s in ("early", "final")])
+    zoo_store.write_manifest(workdir, [dict(ROW, model_id=m, snapshot=s, step=e, epoch=e)
+                                       for m in range(3) for s, e in (("early", 1), ("final", 2))])
     return workdir, os.path.join(zoo_store.zoo_dir(workdir), "models.csv")
 
 
@@ -34,7 +34,8 @@ def test_an_intact_manifest_reads_with_types(manifest):
 
 
 @pytest.mark.parametrize("edit,expected", [
-    (lambda ls: ls[:3] + ["garbage"] + ls[3:], r"line 4 does not have the 18 fields"),
+    (lambda ls: ls[:3] + ["garbage"] + ls[3:],
+     rf"line 4 does not have the {len(zoo_store.MANIFEST_FIELDS)} fields"),
     (lambda ls: ls[:2] + [ls[2].replace("0.001", "fast")] + ls[3:],
      r"line 3: learning_rate must be a number, got 'fast'"),
     (lambda ls: ls[:5] + [ls[5].replace("0-1-2", "a-b-c")] + ls[6:],
