@@ -8,14 +8,15 @@ import pytest
 
 from configs import zoo as zoo_configs
 from wsjax import data, models
-from wsjax.common import config as config_lib
+from wsjax.common import contract
 from wsjax.zoo import store
 
 
 def write_fake_zoo(workdir, num_models=12, rank=3, seed=0):
     config = zoo_configs.get_config("tiny")
     config.num_models = num_models
-    config_lib.save(config, workdir, "zoo")
+    config.seed = seed
+    contract.record("zoo", config, workdir)
     dataset = data.load(config.data)
     tasks = data.task_set(config.tasks, dataset.num_classes).sample(num_models, seed)
     module = models.build(config.model, config.tasks.k)

@@ -12,7 +12,14 @@ import time
 import numpy as np
 from absl import logging
 
-from wsjax.stages import run_stage
+from wsjax.common import io
+from wsjax.stages import run_stage, validate
+
+
+def check_config(config):
+    """Every stage's config, before the first one starts."""
+    for stage in config.stages:
+        validate(config[stage])
 
 # Headline metrics of the report, as (evaluate/metrics.json path, label).
 HEADLINES = (
@@ -50,7 +57,7 @@ def run_pipeline(config, workdir):
     for stage in config.stages:
         start = time.perf_counter()
         logging.info("demo: stage %s", stage)
-        run_stage(config[stage], workdir)
+        run_stage(config[stage], workdir, overwrite=bool(config.get("overwrite", False)))
         timings[stage] = round(time.perf_counter() - start, 1)
     print("demo stage times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()))
     return timings
@@ -74,14 +81,12 @@ def aggregate(workdirs, seeds, out_dir):
     summary = {k: dict(mean=float(np.mean([f[k] for f in flat])), std=float(np.std([f[k] for f in flat])),
                        values=[f[k] for f in flat]) for k in keys}
     summary["seeds"] = list(seeds)
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    io.write_json(os.path.join(out_dir, "metrics.json"), summary)
     lines = [f"# wsjax demo over seeds {list(seeds)} (mean ± std)", "", "| metric | value |", "|---|---|"]
     lines += [f"| {label} | {summary[k]['mean']:.3f} ± {summary[k]['std']:.3f} |"
               for k, label in HEADLINES if k in summary]
     lines += ["", "Per-seed reports: " + ", ".join(f"seed_{s}/evaluate/report.md" for s in seeds), ""]
-    with open(os.path.join(out_dir, "report.md"), "w") as f:
-        f.write("\n".join(lines))
+    io.write_text(os.path.join(out_dir, "report.md"), "\n".join(lines))
     print("\n".join(lines))
     return summary
 

@@ -14,6 +14,7 @@ from wsjax import ae, models, pca, stages
 from wsjax.ae import losses
 from wsjax.ae import train as ae_train
 from wsjax.common import config as config_lib
+from wsjax.common import io
 from wsjax.zoo import store as zoo_store
 
 
@@ -107,22 +108,27 @@ def test_rerun_after_kill_gives_identical_final_state(pca_workdir, tmp_path, mon
     stages.run_stage(_tiny(**cfg), full)
 
     killed = _copy(pca_workdir, tmp_path / "killed")
-    real_log = ae_train._log
+    real_write = io.MetricWriter.write
 
-    def killing_log(workdir, line):
-        real_log(workdir, line)
-        if line.get("step") == 6 and "loss" in line:  # after the step-4 checkpoint
+    def killing_write(self, step, **metrics):
+        real_write(self, step, **metrics)
+        if step == 6 and "loss" in metrics:  # after the step-4 checkpoint
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(ae_train, "_log", killing_log)
+    monkeypatch.setattr(io.MetricWriter, "write", killing_write)
     with pytest.raises(KeyboardInterrupt):
         stages.run_stage(_tiny(**cfg), killed)
     assert not os.path.exists(os.path.join(killed, "ae", "metrics.json"))
-    monkeypatch.setattr(ae_train, "_log", real_log)
+    monkeypatch.setattr(io.MetricWriter, "write", real_write)
     stages.run_stage(_tiny(**cfg), killed)
     a, b = ae.load(full), ae.load(killed)
     for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+    def steps(workdir):  # the resumed log reads like an unbroken one
+        return [json.loads(l)["step"] for l in open(os.path.join(workdir, "ae", "log.jsonl"))]
+
+    assert steps(killed) == steps(full)
 
 
 def test_presets_are_consistent_and_bad_fields_are_named():

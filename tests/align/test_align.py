@@ -9,11 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import ae as ae_configs
 from configs import align as align_configs
+from configs import pca as pca_configs
 from wsjax import align, encoders
 from wsjax.align import losses
 from wsjax.align import train as align_train
 from wsjax.common import config as config_lib
+from wsjax.common import contract
 from wsjax.common import store
 from wsjax.stages import run_stage
 from wsjax.zoo import store as zoo_store
@@ -83,6 +86,8 @@ def _fake_latents(workdir, dim=6, seed=0):
     np.savez(os.path.join(workdir, "ae", "latents.npz"), z=z,
              model_id=np.array([r["model_id"] for r in rows]),
              snapshot=np.array([r["snapshot"] for r in rows]), split=np.array([r["split"] for r in rows]))
+    for stage, configs in (("pca", pca_configs), ("ae", ae_configs)):  # as if they had run
+        contract.record(stage, configs.get_config("tiny"), workdir)
 
 
 @pytest.fixture(scope="module")

@@ -174,9 +174,8 @@ def test_stage_writes_every_output_and_rerun_is_a_noop(zoo_copy):
     assert list(c["split"]) == [r["split"] for r in rows]
     np.testing.assert_allclose(pca.encode(pca.load(zoo_copy), zoo_store.load_variables(
         zoo_copy, rows[0]["model_id"], rows[0]["snapshot"])), c["coeffs"][0], atol=1e-4)
-    def stamps():  # run_stage itself rewrites config.json; nothing else may change
-        return {f: os.path.getmtime(os.path.join(out, f)) for f in os.listdir(out)
-                if f != "config.json"}
+    def stamps():  # the lock records each run's holder; nothing else may change
+        return {f: os.path.getmtime(os.path.join(out, f)) for f in os.listdir(out) if f != ".lock"}
 
     before = stamps()
     run_stage(config, zoo_copy)
@@ -218,7 +217,7 @@ def test_bad_config_field_is_named_in_the_error(tmp_path, field, value):
 
 
 def test_missing_zoo_is_a_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match="models.csv not found"):
+    with pytest.raises(ConfigError, match="run .* the 'zoo' stage with this --workdir first"):
         run_stage(pca_configs.get_config("tiny"), str(tmp_path))
 
 

@@ -10,7 +10,6 @@ Models are split as in the zoo manifest: train fits the AE, val selects the chec
 val loss), test is held out. Batches are a pure function of (seed, step), so a killed run
 resumes from its last checkpoint and ends in the same state.
 """
-import json
 import os
 import time
 
@@ -27,6 +26,7 @@ from wsjax import data, models, pca
 from wsjax.ae import losses
 from wsjax.ae import model as model_lib
 from wsjax.common import config as config_lib
+from wsjax.common import io
 from wsjax.common import store
 from wsjax.common.config import require
 from wsjax.models import inference
@@ -114,11 +114,6 @@ def load(workdir):
     module = model_lib.build(config.model, saved["mean"].shape[0])
     params = jax.tree_util.tree_map(jnp.asarray, saved["params"])
     return AE(module, params, Normaliser(saved["mean"], saved["std"]))
-
-
-def _log(workdir, line):
-    with open(os.path.join(workdir, STAGE, "log.jsonl"), "a") as f:
-        f.write(json.dumps(line) + "\n")
 
 
 def make_probes(config, dataset, rows, seed):
@@ -238,11 +233,13 @@ def run(config, workdir):
 
     ckpt = dict(state=state, best_params=state.params, best_val=np.asarray(np.inf, np.float32))
     manager, start, ckpt = store.resume(os.path.join(out_dir, "checkpoints"), ckpt, stage="ae")
+    log = io.MetricWriter(os.path.join(out_dir, "log.jsonl"))
+    log.trim(start if start else -1)  # a fresh start writes step 0's line again
     state, best_params, best_val = ckpt["state"], ckpt["best_params"], float(ckpt["best_val"])
     if not start:  # the initial (linear PCA) AE is a candidate too: training must beat it on val
         v = validate(state.params)
         best_val, best_params = v["loss"], jax.tree_util.tree_map(jnp.copy, state.params)
-        _log(workdir, dict(step=0, **{f"val_{k}": x for k, x in v.items()}))
+        log.write(0, **{f"val_{k}": x for k, x in v.items()})
 
     bar = tqdm(range(start, t.steps), desc="ae train", unit="step", initial=start, total=t.steps)
     tic = time.time()
@@ -253,12 +250,12 @@ def run(config, workdir):
         if (step + 1) % t.log_every == 0:
             m = {k: float(v) for k, v in jax.device_get(m).items()}
             bar.set_postfix(loss=f"{m['loss']:.4f}")
-            _log(workdir, dict(step=step + 1, lr=float(schedule(step)), seconds=time.time() - tic, **m))
+            log.write(step + 1, lr=float(schedule(step)), seconds=time.time() - tic, **m)
         if (step + 1) % t.checkpoint_every == 0 or step + 1 == t.steps:
             v = validate(state.params)
             if v["loss"] < best_val:
                 best_val, best_params = v["loss"], jax.tree_util.tree_map(jnp.copy, state.params)
-            _log(workdir, dict(step=step + 1, **{f"val_{k}": x for k, x in v.items()}))
+            log.write(step + 1, **{f"val_{k}": x for k, x in v.items()})
             manager.save(step + 1, args=ocp.args.StandardSave(dict(
                 state=state, best_params=best_params, best_val=np.asarray(best_val, np.float32))))
             manager.wait_until_finished()
@@ -268,9 +265,8 @@ def run(config, workdir):
     store.save(os.path.join(out_dir, "params"), dict(params=best_params, mean=norm.mean, std=norm.std))
     ae = load(workdir)
     z = np.asarray(ae.encode(co["coeffs"]))
-    np.savez(os.path.join(out_dir, "latents.tmp.npz"), z=z, model_id=co["model_id"],
+    io.savez(os.path.join(out_dir, "latents.npz"), z=z, model_id=co["model_id"],
              snapshot=co["snapshot"], split=co["split"])
-    os.replace(os.path.join(out_dir, "latents.tmp.npz"), os.path.join(out_dir, "latents.npz"))
 
     from wsjax.evaluate import reconstruction
     results = reconstruction.evaluate(workdir, config.eval, p=p, ae=ae, coeffs=co, rows=rows,

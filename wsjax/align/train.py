@@ -20,6 +20,7 @@ from wsjax import align, encoders
 from wsjax.align import losses
 from wsjax.align import model as model_lib
 from wsjax.common import config as config_lib
+from wsjax.common import io
 from wsjax.common import store
 from wsjax.common.config import require
 from wsjax.encoders import results
@@ -166,16 +167,6 @@ def _batch(data, step, config):
     return {k: v[idx] for k, v in data.items()}
 
 
-def _truncate_log(path, last_step):
-    """Drops log lines past the restored step, so a resumed run's log reads like an unbroken one."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        lines = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= last_step]
-    with open(path, "w") as f:
-        f.writelines(lines)
-
-
 def train(config, workdir, stop_at=None):
     """Trains to config.num_steps (or stops after `stop_at` steps, as a kill would); returns metrics."""
     check_config(config)
@@ -191,22 +182,21 @@ def train(config, workdir, stop_at=None):
     tx = optax.adamw(schedule, weight_decay=config.weight_decay)
     state = dict(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32))
     manager, start, state = store.resume(p["ckpt"], state, stage="align", max_to_keep=2)
-    _truncate_log(p["log"], start)
+    log = io.MetricWriter(p["log"])
+    log.trim(start)
     step_fn = make_step(module, tx, config)
     state = jax.device_put(state)
     train_data = {k: jnp.asarray(v) for k, v in data["train"].items()} \
         if len(data["train"]["z"]) <= config.batch_size else data["train"]
     end = config.num_steps if stop_at is None else min(config.num_steps, stop_at)
     t0 = time.time()
-    with open(p["log"], "a") as log, tqdm(total=config.num_steps, initial=start, desc="align") as bar:
+    with tqdm(total=config.num_steps, initial=start, desc="align") as bar:
         for step in range(start, end):
             state, m = step_fn(state, _batch(train_data, step, config))
             done = step + 1
             if done % config.eval_every == 0 or done == config.num_steps:
-                rec = dict(step=done, **{k: float(v) for k, v in m.items()},
-                           **evaluate(module, state["params"], data, config))
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
+                rec = {k: float(v) for k, v in m.items()} | evaluate(module, state["params"], data, config)
+                log.write(done, **rec)
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", val_top1=f"{rec.get('val_top1', float('nan')):.2f}")
             if done % config.checkpoint_every == 0 or done == config.num_steps:
                 manager.save(done, args=ocp.args.StandardSave(jax.tree_util.tree_map(np.asarray, state)))
@@ -218,12 +208,9 @@ def train(config, workdir, stop_at=None):
     metrics.update(num_train=int(len(data["train"]["z"])), num_val=int(len(data["val"]["z"])),
                    num_groups_train=int(len(np.unique(data["train"]["group"]))),
                    encoder=config.encoder.kind, loss=config.loss, train_seconds=round(time.time() - t0, 2))
-    np.savez(p["stats"] + ".tmp.npz", **stats)
-    os.replace(p["stats"] + ".tmp.npz", p["stats"])
+    io.savez(p["stats"], **stats)
     store.save(p["params"], {"params": jax.tree_util.tree_map(np.asarray, state["params"])})
-    with open(p["metrics"] + ".tmp", "w") as f:
-        json.dump(metrics, f, indent=2)
-    os.replace(p["metrics"] + ".tmp", p["metrics"])
+    io.write_json(p["metrics"], metrics, indent=2)
     return metrics
 
 

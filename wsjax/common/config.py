@@ -4,6 +4,8 @@ import os
 
 import ml_collections
 
+from wsjax.common import io
+
 
 class ConfigError(ValueError):
     """A bad config field or a missing/corrupt input, stated in one sentence."""
@@ -23,8 +25,7 @@ def stage_dir(workdir, stage):
 def save(config, workdir, stage):
     """Writes the resolved config to workdir/<stage>/config.json (read by later stages)."""
     path = os.path.join(stage_dir(workdir, stage), "config.json")
-    with open(path, "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    io.write_text(path, config.to_json_best_effort(indent=2, sort_keys=True))
     return path
 
 

@@ -8,7 +8,7 @@ import itertools
 
 import numpy as np
 
-from wsjax.common.config import require
+from wsjax.common.config import ConfigError, require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +43,11 @@ def task_set(config, num_classes):
     require(2 <= k <= num_classes, f"config.tasks.k must be in [2, {num_classes}], got {k}")
     every = list(itertools.combinations(range(num_classes), k))
     if config.get("held_out", ""):
-        held = parse_class_sets(config.held_out)
+        try:
+            held = parse_class_sets(config.held_out)
+        except ValueError:
+            raise ConfigError(f"config.tasks.held_out must be class sets like '0-1-2;3-4-5', "
+                              f"got {config.held_out!r}") from None
         for s in held:
             require(len(s) == k and all(0 <= c < num_classes for c in s),
                     f"config.tasks.held_out has an invalid class set {s} for k={k}")

@@ -7,6 +7,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from wsjax.common import io  # noqa: E402
+
 KINDS = {"held_out": "held-out class sets (no zoo model saw them)",
          "train": "class sets of held-out models (train models saw them)"}
 
@@ -26,7 +28,7 @@ def _alignment_plot(path, records, samplers):
                title=KINDS[kind])
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    io.savefig(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -40,7 +42,7 @@ def _finetune_plot(path, at_median, epochs):
            title=f"held-out class sets (n={len(med)}), mean ± std")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    io.savefig(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -86,8 +88,7 @@ def write(out_dir, results, records, at_median, config):
     if "generator" in results:
         lines += ["Generator (generator/metrics.json): " + ", ".join(
             f"{k} {_fmt(v)}" for k, v in results["generator"].items()), ""]
-    with open(os.path.join(out_dir, "report.md"), "w") as f:
-        f.write("\n".join(lines))
+    io.write_text(os.path.join(out_dir, "report.md"), "\n".join(lines))
 
 
 def one_line(results):

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from wsjax import data, generator
 from wsjax.common import config as config_lib
+from wsjax.common import io
 from wsjax.common import store as ckpt
 from wsjax.common.config import require
 from wsjax.evaluate import finetune, metrics, report
@@ -273,10 +274,8 @@ def run(config, workdir):
         path = os.path.join(workdir, name, "metrics.json")
         if os.path.exists(path):
             results[name] = json.load(open(path))
-    with open(os.path.join(out_dir, "records.json"), "w") as f:
-        json.dump(dict(records=records, at_median=at_median), f, indent=1)
+    io.write_json(os.path.join(out_dir, "records.json"), dict(records=records, at_median=at_median))
     report.write(out_dir, results, records, at_median, config)
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    io.write_json(os.path.join(out_dir, "metrics.json"), results, indent=2)
     print(report.one_line(results))
     return results

@@ -21,7 +21,7 @@ import numpy as np
 
 from wsjax import data, models, pca
 from wsjax.common import config as config_lib
-from wsjax.common import store
+from wsjax.common import io, store
 from wsjax.common.config import require
 from wsjax.generator import features, flow, linear, select
 from wsjax.generator import path as path_lib
@@ -164,10 +164,8 @@ def run(config, workdir):
     metrics = dict(latent_dim=meta["latent_dim"], **fidelity(rows, coeffs, arrays), **fitted,
                    calibration_slope=meta["calibration"][0], calibration_intercept=meta["calibration"][1])
     store.save(os.path.join(out_dir, "state"), arrays)
-    with open(os.path.join(out_dir, "meta.json"), "w") as f:
-        json.dump(meta, f, indent=1)
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:  # last: marks the stage done
-        json.dump(metrics, f, indent=1)
+    io.write_json(os.path.join(out_dir, "meta.json"), meta)
+    io.write_json(os.path.join(out_dir, "metrics.json"), metrics)  # last: marks the stage done
     print("generator: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                     for k, v in metrics.items()))
     return metrics

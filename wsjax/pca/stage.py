@@ -22,6 +22,7 @@ from absl import logging
 from tqdm import tqdm
 
 from wsjax.common import config as config_lib
+from wsjax.common import io
 from wsjax.common import store
 from wsjax.common.config import require
 from wsjax.pca import fit as fit_lib
@@ -113,9 +114,7 @@ def _save_block(path, names, fits, out):
         arrays.update({f"{j}_mode": np.asarray(f.mode), f"{j}_mean": f.mean, f"{j}_basis": f.basis,
                        f"{j}_variance": np.asarray(f.variance), f"{j}_explained": f.explained,
                        **{f"{j}_{key}": v for key, v in out[n].items()}})
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)  # atomic: a block file exists only when complete
+    io.savez(path, **arrays)  # atomic: a block file exists only when complete
 
 
 def _load_block(path):
@@ -163,8 +162,7 @@ def run(config, workdir):
                 f"{block_dir} holds blocks fitted with other settings or another zoo: "
                 "delete it (or use another --workdir) to refit")
     else:
-        with open(plan_path, "w") as f:
-            json.dump(plan, f, indent=1)
+        io.write_json(plan_path, plan)
 
     keys = leaf_keys(config.seed, names)
     fits, out = {}, {}
@@ -185,17 +183,14 @@ def run(config, workdir):
     coeffs = np.concatenate([out[n]["coeffs"] for n in names], axis=1).astype(np.float32)
     assert coeffs.shape == (len(rows), p.num_coeffs)
     save(out_dir, p)
-    np.savez(os.path.join(out_dir, "coeffs.tmp.npz"), coeffs=coeffs,
+    io.savez(os.path.join(out_dir, "coeffs.npz"), coeffs=coeffs,
              model_id=np.array([r["model_id"] for r in rows]),
              snapshot=np.array([r["snapshot"] for r in rows]),
              split=np.array([r["split"] for r in rows]),
              status=np.array([r["status"] for r in rows]))
-    os.replace(os.path.join(out_dir, "coeffs.tmp.npz"), os.path.join(out_dir, "coeffs.npz"))
     summary = summarize(p, fits, out, rows, train, time.time() - start)
     plot(os.path.join(out_dir, "explained_variance.png"), p, fits)
-    with open(os.path.join(out_dir, "summary.json.tmp"), "w") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(os.path.join(out_dir, "summary.json.tmp"), os.path.join(out_dir, "summary.json"))
+    io.write_json(os.path.join(out_dir, "summary.json"), summary)
     t = summary["totals"]
     logging.info("pca: K=%d coefficients for %d weights; train energy %.4f, held-out energy in "
                  "span %.4f; %.1f s", t["num_coeffs"], t["dim"], t["train_energy"],
@@ -257,9 +252,8 @@ def plot(path, p, fits):
     ax2.set(xlabel="named parameter (flatten order)", ylabel="coefficients",
             title=f"K = {p.num_coeffs} (blue pca, orange centred, grey mean)", yscale="log")
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=110)
+    io.savefig(fig, path, dpi=110)
     plt.close(fig)
-    os.replace(path + ".tmp.png", path)
 
 
 def save(out_dir, p):
@@ -268,9 +262,7 @@ def save(out_dir, p):
                {"mean": fit_lib.nest(p.mean), "basis": fit_lib.nest(p.basis) or {"_": np.zeros(0)}})
     meta = dict(segments=[list(s) for s in p.segments],
                 shapes=[[n, list(s)] for n, s in p.shapes], var_floor=p.var_floor)
-    with open(os.path.join(out_dir, "meta.json.tmp"), "w") as f:
-        json.dump(meta, f, indent=1)
-    os.replace(os.path.join(out_dir, "meta.json.tmp"), os.path.join(out_dir, "meta.json"))
+    io.write_json(os.path.join(out_dir, "meta.json"), meta)
 
 
 def load(workdir):

@@ -1,6 +1,5 @@
 """Sample stage: N weight sets for one (class set, target result), saved in the zoo's layout
 under workdir/sample/<request>/ and loadable with `wsjax.zoo.load_model(..., root=...)`."""
-import json
 import os
 
 import jax
@@ -9,6 +8,7 @@ from absl import logging
 
 from wsjax import data, generator
 from wsjax.common import config as config_lib
+from wsjax.common import io
 from wsjax.common.config import require
 from wsjax.generator import select
 from wsjax.models import inference
@@ -105,9 +105,9 @@ def run(config, workdir):
             optimizer="", learning_rate=0.0, weight_decay=0.0, momentum=0.0, batch_size=0,
             init="sampled", init_seed=0, seed=config.seed + i, train_loss=float("nan"),
             val_loss=val_loss, val_accuracy=val_acc))
-    with open(os.path.join(workdir, root, "request.json"), "w") as f:
-        json.dump(dict(classes=list(classes), target_loss=loss, target_accuracy=acc,
-                       sampler=config.sampler, recalibrated=config.recalibrate.enabled), f)
+    io.write_json(os.path.join(workdir, root, "request.json"), dict(
+        classes=list(classes), target_loss=loss, target_accuracy=acc, sampler=config.sampler,
+        recalibrated=config.recalibrate.enabled))
     store.write_manifest(workdir, rows, root=root)  # last: its presence marks the request done
     print(f"sample: {len(nets)} models ({config.sampler}) for classes {classes} (target loss "
           f"{loss:.3f}) -> {os.path.join(workdir, root)}; achieved val loss "

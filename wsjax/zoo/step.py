@@ -4,7 +4,10 @@ A cohort's state is one pytree stacked over models ([M, ...] leaves): params, ba
 opt_state (one Adam|SGD union state whose hyperparameters are per-model arrays, so
 Adam and SGD models share a cohort and one compiled step) and a `diverged` flag. A batch is host-computed indices into the dataset kept on device:
 {'idx': [K, M, B], 'label': [K, M, B], 'active': [K, M]} for K steps per call. Inactive models
-(finished, padding) and diverged models keep their state bit for bit.
+(finished, padding) and diverged models keep their state bit for bit. A model diverges at the
+first step whose loss is non-finite or above `diverge_loss_factor` times chance (log classes), or
+whose update leaves any non-finite value in params, batch_stats or opt_state: it keeps its last
+healthy state, so a snapshot marked 'ok' never holds an inf (a BatchNorm variance included).
 
 Strategies: 'unroll' (a Python loop over models inside the jit: XLA:CPU runs the independent
 per-model graphs concurrently), 'vmap' (grouped convolutions: the accelerator answer, ~6x slower on
@@ -24,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from wsjax.common.config import require
 
 STRATEGIES = ("unroll", "vmap", "sequential")
+DIVERGE_LOSS_FACTOR = 10.0  # default of config.train.diverge_loss_factor
 
 
 class OptState(NamedTuple):
@@ -90,43 +94,47 @@ def unstack(state, m):
     return jax.tree_util.tree_map(lambda x: np.asarray(x[m]), state)
 
 
-def model_step(module, tx, state, x, y, active):
-    """One model, one step; a non-finite loss or parameter freezes the model as diverged."""
+def _all_finite(tree):
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def model_step(module, tx, state, x, y, active, diverge_loss_factor=DIVERGE_LOSS_FACTOR):
+    """One model, one step; a diverged step (see the module docstring) freezes the model."""
     def loss_fn(params):
         logits, upd = module.apply({"params": params, "batch_stats": state["batch_stats"]}, x,
                                    train=True, mutable=["batch_stats"])
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-        return loss, upd["batch_stats"]
+        return loss, (upd["batch_stats"], logits.shape[-1])
 
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    (loss, (batch_stats, num_classes)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
-        [jnp.all(jnp.isfinite(p)) for p in jax.tree_util.tree_leaves(params)]))
-    take = active & finite & ~state["diverged"]
     new = dict(params=params, batch_stats=batch_stats, opt_state=opt_state)
+    # `loss <= limit` is False for a NaN loss too
+    healthy = (loss <= diverge_loss_factor * np.log(num_classes)) & _all_finite(new)
+    take = active & healthy & ~state["diverged"]
     old = {k: state[k] for k in new}
     out = jax.tree_util.tree_map(lambda n, o: jnp.where(take, n, o), new, old)
-    out["diverged"] = state["diverged"] | (active & ~finite)
+    out["diverged"] = state["diverged"] | (active & ~healthy)
     return out, jnp.where(active, loss, 0.0)
 
 
-def _cohort_steps(module, tx, strategy, state, x_all, y_all, batch):
+def _cohort_steps(module, tx, strategy, diverge_loss_factor, state, x_all, batch):
     """K steps of M stacked models on this device: (state, loss [K, M])."""
+    step = functools.partial(model_step, module, tx, diverge_loss_factor=diverge_loss_factor)
     losses = []
     for k in range(batch["idx"].shape[0]):  # steps unrolled: XLA:CPU loops are slow
         idx, label, active = batch["idx"][k], batch["label"][k], batch["active"][k]
         if strategy == "vmap":
-            state, loss = jax.vmap(functools.partial(model_step, module, tx))(
-                state, x_all[idx], label, active)
+            state, loss = jax.vmap(step)(state, x_all[idx], label, active)
         else:
-            outs = [model_step(module, tx, jax.tree_util.tree_map(lambda a: a[m], state),
-                               x_all[idx[m]], label[m], active[m])
+            outs = [step(jax.tree_util.tree_map(lambda a: a[m], state),
+                         x_all[idx[m]], label[m], active[m])
                     for m in range(idx.shape[0])]
             state = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[o[0] for o in outs])
             loss = jnp.stack([o[1] for o in outs])
         losses.append(loss)
-    del y_all
     return state, jnp.stack(losses)
 
 
@@ -137,14 +145,14 @@ def make_mesh(num_devices):
     return Mesh(np.asarray(devices[:n]), ("models",))
 
 
-@functools.lru_cache(maxsize=None)  # one compiled step per (module, strategy, mesh) per process
-def make_cohort_step(module, tx, strategy, mesh=None):
+@functools.lru_cache(maxsize=None)  # one compiled step per set of arguments per process
+def make_cohort_step(module, tx, strategy, mesh=None, diverge_loss_factor=DIVERGE_LOSS_FACTOR):
     """jit(state, x_all, batch) -> (state, loss [K, M]), state donated; sharded over `mesh`."""
     require(strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     inner = "unroll" if strategy == "sequential" else strategy
 
     def per_device(state, x_all, batch):
-        return _cohort_steps(module, tx, inner, state, x_all, None, batch)
+        return _cohort_steps(module, tx, inner, diverge_loss_factor, state, x_all, batch)
 
     if mesh is None or mesh.size == 1:
         return jax.jit(per_device, donate_argnums=0)
@@ -162,10 +170,10 @@ def place(tree, mesh, spec):
 
 
 @functools.lru_cache(maxsize=None)
-def single_step(module, tx):
+def single_step(module, tx, diverge_loss_factor=DIVERGE_LOSS_FACTOR):
     """jit(state, x, y) -> (state, loss) of one unstacked model: the benchmark's baseline."""
     def step(state, x, y):
-        return model_step(module, tx, state, x, y, jnp.asarray(True))
+        return model_step(module, tx, state, x, y, jnp.asarray(True), diverge_loss_factor)
     return jax.jit(step, donate_argnums=0)
 
 

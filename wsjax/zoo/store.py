@@ -65,7 +65,7 @@ def read_manifest(workdir, root="zoo"):
     require(os.path.exists(path), f"{path} not found: run the {root} stage with this --workdir first")
     rows = []
     with open(path, newline="") as f:
-        for row in csv.DictReader(f):
+        for row in check_manifest(list(csv.DictReader(f)), path):
             for k in _INT:
                 row[k] = int(row[k])
             for k in _FLOAT:
@@ -123,3 +123,31 @@ def load_model(workdir, model_id, tag="final", root="zoo"):
     require(rows, f"model {model_id} snapshot {tag!r} is not in {zoo_dir(workdir, root)}/models.csv")
     module = models.build(config.model, num_classes=config.tasks.k)
     return module, load_variables(workdir, model_id, tag, root), rows[0]
+
+
+_CHECKS = ([(k, int, "an integer") for k in _INT] + [(k, float, "a number") for k in _FLOAT]
+           + [("classes", parse_class_sets, "class ids like 0-1-2")])
+
+
+def check_manifest(rows, path):
+    """`rows` (csv.DictReader's, header = line 1) unchanged, or one ConfigError naming the file
+    and line of a missing column, a value of the wrong type or a repeated (model_id, snapshot)."""
+    missing = [k for k in MANIFEST_FIELDS if rows and k not in rows[0]]
+    require(not missing, f"{path} has no column {', '.join(missing)}: expected the header "
+            f"{','.join(MANIFEST_FIELDS)}")
+    seen = {}
+    for line, row in enumerate(rows, start=2):
+        require(None not in row and None not in row.values(),
+                f"{path} line {line} does not have the {len(MANIFEST_FIELDS)} fields of the header: "
+                "repair or remove that line")
+        for k, parse, expected in _CHECKS:
+            try:
+                parse(row[k])
+            except ValueError:
+                raise config_lib.ConfigError(f"{path} line {line}: {k} must be {expected}, got "
+                                             f"{row[k]!r}; repair or remove that line") from None
+        key = (int(row["model_id"]), row["snapshot"])
+        require(key not in seen, f"{path} line {line} repeats model_id {key[0]} snapshot "
+                f"{key[1]!r} of line {seen.get(key)}: remove one of them")
+        seen[key] = line
+    return rows
