@@ -12,7 +12,7 @@ def get_config(arg=None):
     c.stage = "evaluate"
     c.preset = preset
     c.seed = 0
-    c.num_train_tasks = 8        # class sets of held-out (val/test) zoo models; train models saw them
+    c.num_train_tasks = 4        # class sets of held-out (val/test) zoo models; train models saw them
     c.num_held_out_tasks = 8     # held-out class sets (never seen by a zoo model)
     # requested val losses: quantiles of the train zoo's snapshot val losses
     c.target_quantiles = tuple(round(q, 3) for q in [0.05 + 0.1 * i for i in range(10)])

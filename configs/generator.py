@@ -18,7 +18,7 @@ def get_config(arg=None):
     c.cross_fit = ml_collections.ConfigDict(dict(folds=4))
     c.recalibrate = ml_collections.ConfigDict(dict(num_batches=4, batch_size=64))
     c.flow = ml_collections.ConfigDict(dict(
-        hidden=512, depth=3, steps=3000, batch_size=128, learning_rate=1e-3,
+        hidden=512, depth=3, steps=2000, batch_size=128, learning_rate=1e-3,
         sample_steps=32, num_freqs=4))
     if preset == "tiny":
         c.latent_dim = 32
