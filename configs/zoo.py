@@ -51,6 +51,7 @@ def get_config(arg=None):
         max_epoch_mean=5.0,            # truncated normal (thesis: N(100, 15) clipped to [50, 150])
         max_epoch_std=0.0,             # 5 epochs = 90 steps of batch 64 on 3-class MNIST
         max_epoch_range=(3, 5),        # default preset sized for <= 5 min on 2 CPU cores
+        diverge_loss_factor=10.0,      # a loss above this x chance (log classes) marks divergence
     ))
     c.strategy = "auto"    # 'auto' | 'unroll' | 'vmap' | 'sequential'
     c.cohort_size = 2      # models unrolled in one jitted call (per device); CPU: 2 measured best

@@ -93,3 +93,19 @@ def test_rerunning_the_demo_is_a_no_op(pipeline):
     before = _outputs(pipeline)
     run_stage(demo.get_config("tiny"), pipeline)
     assert _outputs(pipeline) == before
+
+
+def test_seed_aggregation_gives_mean_and_std_of_every_metric(tmp_path):
+    from wsjax import demo as demo_lib
+    dirs = []
+    for s, acc in ((0, 0.8), (1, 0.9)):
+        d = tmp_path / f"seed_{s}" / "evaluate"
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps(
+            {"held_out": {"accuracy": acc, "finetune": {"sample": [acc, 1.0]}}, "note": "text"}))
+        dirs.append(str(tmp_path / f"seed_{s}"))
+    summary = demo_lib.aggregate(dirs, (0, 1), str(tmp_path))
+    assert summary["held_out.accuracy"]["mean"] == pytest.approx(0.85)
+    assert summary["held_out.accuracy"]["std"] == pytest.approx(0.05)
+    assert summary["held_out.finetune.sample.1"]["values"] == [1.0, 1.0]
+    assert "note" not in summary and os.path.getsize(tmp_path / "report.md") > 0

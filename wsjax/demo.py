@@ -33,6 +33,9 @@ HEADLINES = (
     ("held_out.mean_model_accuracy", "held-out: mean model accuracy"),
     ("held_out.random_init_accuracy", "held-out: random init accuracy"),
     ("held_out.novelty_agreement", "held-out: agreement with nearest train snapshot"),
+    ("held_out.finetune.sample.1", "held-out: accuracy after 1 epoch of fine-tuning from the sample"),
+    ("held_out.finetune.shared_init.1", "held-out: accuracy after 1 epoch from the shared init"),
+    ("held_out.finetune.copy.1", "held-out: accuracy after 1 epoch from the copy"),
     ("train.r2_loss", "class sets of held-out models: R² (keep-the-best)"),
     ("train.r2_loss_no_selection", "class sets of held-out models: R², generator alone"),
     ("train.copy_r2_loss", "class sets of held-out models: R², copy"),
@@ -64,10 +67,11 @@ def run_pipeline(config, workdir):
 
 
 def flatten(tree, prefix=""):
-    """{'a.b.c': number} of every numeric leaf of a nested dict."""
+    """{'a.b.c': number} of every numeric leaf of nested dicts and lists ('a.list.0')."""
     out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree)
+    for k, v in items:
+        if isinstance(v, (dict, list)):
             out.update(flatten(v, f"{prefix}{k}."))
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             out[f"{prefix}{k}"] = float(v)

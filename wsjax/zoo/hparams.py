@@ -67,6 +67,8 @@ def validate(config):
     lo, hi = t.max_epoch_range
     require(t.early_epoch[1] < lo <= hi,
             f"config.train.max_epoch_range must be (lo, hi) with early_epoch[1] < lo <= hi, got {(lo, hi)}")
+    require(t.diverge_loss_factor > 0,
+            f"config.train.diverge_loss_factor must be > 0, got {t.diverge_loss_factor}")
     require(t.max_epoch_std >= 0, f"config.train.max_epoch_std must be >= 0, got {t.max_epoch_std}")
 
 

@@ -254,7 +254,8 @@ def run(config, workdir):
     size = 1 if ctx["strategy"] == "sequential" else int(config.cohort_size) * ctx["num_devices"]
     ctx["slots"] = -(-size // ctx["num_devices"]) * ctx["num_devices"]
     ctx["tx"] = step_lib.make_optimizer()
-    ctx["step"] = step_lib.make_cohort_step(ctx["module"], ctx["tx"], ctx["strategy"], ctx["mesh"])
+    ctx["step"] = step_lib.make_cohort_step(ctx["module"], ctx["tx"], ctx["strategy"], ctx["mesh"],
+                                            float(config.train.diverge_loss_factor))
     b = int(config.train.batch_size)
     ctx["schedules"] = {s.model_id: hparams.snapshot_schedule(
         config, s, len(ctx["task_idx"][s.model_id][0]) // b) for s in specs}
