@@ -28,10 +28,11 @@ def test_held_out_class_sets_never_reach_a_zoo_model(pipeline):
 
 
 def test_sampled_networks_load_with_the_zoo_loader_and_classify(pipeline):
-    sample_dirs = [d for d in os.listdir(os.path.join(pipeline, "sample"))
-                   if d.endswith("_best") and "loss0.050" not in d and "loss1.500" not in d]
-    assert len(sample_dirs) == 1
-    root = os.path.join("sample", sample_dirs[0])
+    from wsjax.sample import stage as sample_stage
+    zoo_config = config_lib.load(pipeline, "zoo")
+    held = data.task_set(zoo_config.tasks, 10).held_out[0]
+    root = sample_stage.request_root(held, *sample_stage.default_targets(pipeline), "best")
+    assert os.path.isdir(os.path.join(pipeline, root))  # the demo's default request
     rows = read_manifest(pipeline, root=root)
     assert len(rows) == demo.get_config("tiny").sample.num_samples
     module, variables, row = load_model(pipeline, 0, "final", root=root)
@@ -81,6 +82,13 @@ def test_a_different_request_changes_the_sample(pipeline):
     low, high = (load_model(pipeline, 0, "final", root=r) for r in roots)
     assert not np.allclose(low[1]["params"]["fc"]["kernel"], high[1]["params"]["fc"]["kernel"])
     assert low[2]["val_loss"] < high[2]["val_loss"]
+
+
+def test_a_request_outside_the_zoo_warns_with_the_range(pipeline, capsys):
+    config = demo.get_config("tiny").sample
+    config.target_loss = 1e9
+    run_stage(config, pipeline)
+    assert "outside the zoo's val losses" in capsys.readouterr().out
 
 
 def _outputs(workdir):

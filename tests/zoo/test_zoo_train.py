@@ -169,6 +169,21 @@ def test_deleting_one_models_snapshots_retrains_only_that_model(tiny_zoo, tmp_pa
     _assert_same_zoo(_weights(tiny_zoo[0]), _weights(workdir), exact=False)
 
 
+def test_damaged_manifest_is_moved_aside_and_its_models_retrained(tiny_zoo, tmp_path, monkeypatch):
+    workdir = str(tmp_path / "w")
+    shutil.copytree(tiny_zoo[0], workdir)
+    path = os.path.join(workdir, "zoo", "models.csv")
+    with open(path, "a") as f:
+        f.write("garbage,line\n")
+    with pytest.raises(ConfigError, match="line"):
+        zoo_store.read_manifest(workdir)
+    trained = []
+    monkeypatch.setattr(train_lib, "train_cohort", lambda ctx, members, *a: trained.extend(members))
+    run_stage(zoo_configs.get_config("tiny"), workdir)
+    assert sorted(s.model_id for s in trained) == list(range(zoo_configs.get_config("tiny").num_models))
+    assert [f for f in os.listdir(os.path.dirname(path)) if f.startswith("models.csv.damaged-")]
+
+
 def test_corrupt_cohort_checkpoint_is_one_clear_error(tmp_path, monkeypatch):
     config = zoo_configs.get_config("tiny")
     calls, real_log = [], train_lib._log

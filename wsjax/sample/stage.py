@@ -43,6 +43,13 @@ def default_targets(workdir):
             float(np.median([r["val_accuracy"] for r in rows])))
 
 
+def zoo_loss_range(workdir):
+    """(min, max) val loss of the zoo's train snapshots: the range requests are learnt on."""
+    losses = [r["val_loss"] for r in store.read_manifest(workdir)
+              if r["split"] == "train" and r["status"] == "ok"]
+    return min(losses), max(losses)
+
+
 def request_root(classes, loss, accuracy, sampler):
     return os.path.join("sample", f"{data.tasks.format_classes(classes)}_loss{loss:.3f}"
                                   f"_acc{accuracy:.3f}_{sampler}")
@@ -89,6 +96,10 @@ def run(config, workdir):
     loss = config.target_loss if config.target_loss >= 0 else median_loss
     acc = config.target_accuracy if config.target_accuracy >= 0 else median_acc
     require(loss > 0, f"config.target_loss must be > 0 (or < 0 for the zoo median), got {loss}")
+    lo, hi = zoo_loss_range(workdir)
+    if not lo <= loss <= hi:
+        print(f"sample: warning: config.target_loss={loss:g} lies outside the zoo's val losses "
+              f"[{lo:.3g}, {hi:.3g}]: the networks will be as near as the generators reach")
     root = request_root(classes, loss, acc, config.sampler)
     if os.path.exists(os.path.join(workdir, root, "models.csv")):
         logging.info("sample: %s already complete", root)

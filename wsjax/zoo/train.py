@@ -19,10 +19,12 @@ import zlib
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from tqdm import tqdm
 
 from wsjax import data, models
 from wsjax.common import store
+from wsjax.common.config import ConfigError
 from wsjax.data.tasks import format_classes, task_indices
 from wsjax.models import inference
 from wsjax.zoo import hparams
@@ -56,7 +58,15 @@ class _Zoo:
     def __init__(self, workdir):
         self.workdir = workdir
         path = os.path.join(zoo_store.zoo_dir(workdir), "models.csv")
-        rows = zoo_store.read_manifest(workdir) if os.path.exists(path) else []
+        rows = []
+        if os.path.exists(path):
+            try:
+                rows = zoo_store.read_manifest(workdir)
+            except ConfigError as e:  # rows cannot be trusted: retrain (deterministic) and rewrite
+                aside = f"{path}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+                os.replace(path, aside)
+                logging.warning("zoo: %s; moved it to %s and retraining its models", e, aside)
+                print(f"zoo: {path} is damaged; moved aside to {aside}, its models are retrained")
         self.rows = {}
         for r in rows:
             r["classes"] = format_classes(r["classes"])
@@ -142,7 +152,12 @@ def _take_due(ctx, members, state, traj, done_steps, steps_per_epoch):
         xv, yv = data.task_split(ctx["dataset"], s.classes, "val")
         vl, va = inference.loss_accuracy(ctx["module"], variables, xv, yv)
         count = traj["loss_count"][m]
-        train_loss = traj["loss_sum"][m] / count if count else float("nan")  # nan: the init
+        if count:  # the mean minibatch loss since the last snapshot
+            train_loss = traj["loss_sum"][m] / count
+        else:      # the init: no step taken yet, so its loss on (up to) 512 train images
+            gi, local = ctx["task_idx"][s.model_id]
+            train_loss = inference.loss_accuracy(ctx["module"], variables, ctx["dataset"].x_train[gi[:512]],
+                                                 local[:512])[0]
         traj["metrics"][j, m] = (done_steps[m], done_steps[m] // steps_per_epoch[m], train_loss, vl, va)
         traj["taken"][j, m] = True
         traj["loss_sum"][m] = traj["loss_count"][m] = 0
