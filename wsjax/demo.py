@@ -67,10 +67,13 @@ def run_pipeline(config, workdir):
 
 
 def flatten(tree, prefix=""):
-    """{'a.b.c': number} of every numeric leaf of nested dicts and lists ('a.list.0')."""
+    """{'a.b.c': number} of every numeric leaf of nested dicts and of lists of numbers
+    ('a.curve.0'); lists of records (per-model rows, which differ between seeds) are skipped."""
     out = {}
     items = tree.items() if isinstance(tree, dict) else enumerate(tree)
     for k, v in items:
+        if isinstance(v, list) and not all(isinstance(x, (int, float)) for x in v):
+            continue
         if isinstance(v, (dict, list)):
             out.update(flatten(v, f"{prefix}{k}."))
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
