@@ -28,7 +28,9 @@ from wsjax.evaluate import finetune, metrics, report
 from wsjax.generator import features, linear, select
 from wsjax.generator import stage as generator_stage
 from wsjax.models import inference
+from wsjax.sample.stage import default_targets
 from wsjax.zoo import init as init_lib
+from wsjax.zoo import step as step_lib
 from wsjax.zoo import store
 
 
@@ -84,11 +86,10 @@ class Context:
             self.thesis = Generator(workdir)
         self.class_feats = np.stack([features.class_features(self.rows[i]["classes"],
                                                              self.dataset.num_classes) for i in self.train])
+        self.train_losses = [self.rows[i]["val_loss"] for i in self.train]
+        self.median_loss, self.median_accuracy = default_targets(workdir)
         finals = [i for i in self.train if self.rows[i]["snapshot"] == "final"]
-        self.median_loss = float(np.median([self.rows[i]["val_loss"] for i in finals]))
-        self.median_accuracy = float(np.median([self.rows[i]["val_accuracy"] for i in finals]))
-        self.mean_model = jax.tree_util.tree_map(
-            np.asarray, self.gen._decode(self.coeffs[finals].mean(0)[None]))
+        self.mean_model = self.gen.decode_coeffs(self.coeffs[finals].mean(0)[None])
         init_path = init_lib.init_path(workdir)  # absent for init='per_model'
         self.random_init = ckpt.restore(init_path) if ckpt.exists(init_path) else None
 
@@ -111,8 +112,7 @@ class Context:
     def copy(self, classes, target):
         """Row index of the copy baseline's snapshot for (classes, target)."""
         feats = features.class_features(classes, self.dataset.num_classes)
-        losses = [self.rows[i]["val_loss"] for i in self.train]
-        return self.train[copy_index(self.class_feats, losses, feats, target)]
+        return self.train[copy_index(self.class_feats, self.train_losses, feats, target)]
 
     def nearest(self, coeffs):
         """Row index of the train snapshot nearest `coeffs` in coefficient space."""
@@ -156,7 +156,7 @@ def evaluate_task(ctx, classes, kind, targets, key):
                                num_batches=r.num_batches, batch_size=r.batch_size)
     expected = select.calibrate(train_loss, ctx.gen.meta["calibration"])
     for t, i in zip(targets, select.nearest(expected, targets)):
-        add("best", t, select.unstack(pool, i), train_loss=float(train_loss[i]),
+        add("best", t, step_lib.unstack(pool, i), train_loss=float(train_loss[i]),
             expected_loss=float(expected[i]))
     for sampler in cfg.samplers:
         if sampler == "thesis":
@@ -166,14 +166,14 @@ def evaluate_task(ctx, classes, kind, targets, key):
         else:
             stacked = ctx.gen.variables(ctx.gen.latents(sampler, classes, targets, k_flow))
         for j, t in enumerate(targets):
-            add(sampler, t, select.unstack(stacked, j))
+            add(sampler, t, step_lib.unstack(stacked, j))
     for t in targets:
         add("copy", t, ctx.snapshot(ctx.copy(classes, t)))
 
     # at the zoo's median final loss: the default sampler against every baseline
     median = ctx.median_loss
     i = int(select.nearest(expected, [median])[0])
-    sample = select.unstack(pool, i)
+    sample = step_lib.unstack(pool, i)
     s_loss, s_acc, s_logits = ctx.score(sample, prompt)
     near = ctx.nearest(linear.decode(ctx.gen.latent, pool_z[i]))
     near_vars = ctx.snapshot(near)
@@ -182,7 +182,7 @@ def evaluate_task(ctx, classes, kind, targets, key):
                      copy_accuracy=ctx.score(copy_vars, prompt)[1],
                      copy_noise_accuracy=ctx.score(noisy_copy(
                          copy_vars, _params_distance(sample, near_vars), k_noise), prompt)[1],
-                     mean_model_accuracy=ctx.score(select.unstack(ctx.mean_model, 0), prompt)[1],
+                     mean_model_accuracy=ctx.score(step_lib.unstack(ctx.mean_model, 0), prompt)[1],
                      novelty_agreement=metrics.logit_metrics(
                          ctx.score(near_vars, prompt)[2], s_logits)["agreement"],
                      nearest_same_classes=tuple(ctx.rows[near]["classes"]) == tuple(classes))

@@ -91,9 +91,13 @@ class Conditional:
             pool.append(self.flow(classes, losses, key, flow_samples))
         return np.concatenate(pool)
 
+    def decode_coeffs(self, coeffs):
+        """Stacked variables [N, ...] decoded from PCA coefficients [N, K]."""
+        return jax.tree_util.tree_map(np.asarray, self._decode(coeffs))
+
     def variables(self, z):
         """Stacked variables [N, ...] decoded from latents [N, d]."""
-        return jax.tree_util.tree_map(np.asarray, self._decode(linear.decode(self.latent, z)))
+        return self.decode_coeffs(linear.decode(self.latent, z))
 
 
 def load(workdir):

@@ -5,6 +5,7 @@ import numpy as np
 
 from wsjax import data
 from wsjax.models import bn, inference
+from wsjax.zoo.step import unstack
 
 
 def prompt_images(dataset, classes, seed):
@@ -12,10 +13,6 @@ def prompt_images(dataset, classes, seed):
     x, y = data.task_split(dataset, classes, "train")
     perm = np.random.default_rng(seed).permutation(len(x))
     return x[perm], y[perm]
-
-
-def unstack(stacked, i):
-    return jax.tree_util.tree_map(lambda x: np.asarray(x[i]), stacked)
 
 
 def recalibrated(module, variables, images, *, num_batches, batch_size):

@@ -75,14 +75,14 @@ def cross_fit(config, cls, z, sets, achieved):
         for s in sorted(test):
             feats[s] = cls[sets.index(s)]
             path = path_lib.predict_latent(ridge, feats[s][None], z.shape[1])[0]
-            out_val[s], out_train[s] = achieved(s, path)
+            out_train[s], out_val[s] = achieved(s, path)
     return (np.stack([feats[s] for s in unique]), np.log([out_val[s] for s in unique]),
             np.log([out_train[s] for s in unique]))
 
 
 def fit(config, rows, coeffs, num_classes, key, achieved):
     """Every generator fitted on the train-split rows: (arrays pytree, meta dict, flow losses).
-    `achieved(classes, path [J, d]) -> (val losses [J], train losses [J])` measures a predicted
+    `achieved(classes, path [J, d]) -> (train losses [J], val losses [J])` measures a predicted
     path of a train class set once decoded (see `cross_fit`)."""
     train = [i for i, r in enumerate(rows) if r["split"] == "train"]
     require(len(train) >= 2, "the zoo has fewer than 2 train snapshots: nothing to fit")
@@ -125,7 +125,7 @@ def fit(config, rows, coeffs, num_classes, key, achieved):
 
 def measure_paths(config, workdir, zoo_config):
     """`achieved` for `fit`: decode a path's coefficients [J, K], recalibrate BN on the class set's
-    train images, and return its (val losses, train losses) [J]."""
+    train images, and return its (train losses, val losses) [J]."""
     dataset = data.load(zoo_config.data)
     module = models.build(zoo_config.model, zoo_config.tasks.k)
     decode = jax.jit(jax.vmap(functools.partial(pca.decode, pca.load(workdir))))
@@ -135,7 +135,7 @@ def measure_paths(config, workdir, zoo_config):
         stacked = jax.tree_util.tree_map(np.asarray, decode(coeffs))
         return select.losses(module, stacked, select.prompt_images(dataset, classes, config.seed),
                              data.task_split(dataset, classes, "val"),
-                             num_batches=r.num_batches, batch_size=r.batch_size)[::-1]
+                             num_batches=r.num_batches, batch_size=r.batch_size)
 
     return achieved
 

@@ -12,6 +12,7 @@ from wsjax.common import io
 from wsjax.common.config import require
 from wsjax.generator import select
 from wsjax.models import inference
+from wsjax.zoo import step as step_lib
 from wsjax.zoo import store
 
 SAMPLERS = ("best", "thesis") + generator.SAMPLERS
@@ -78,7 +79,7 @@ def draw(config, workdir, classes, loss, acc, dataset):
             z = np.concatenate([gen.latents(config.sampler, classes, [loss], jax.random.fold_in(key, i))
                                 for i in range(n)])
             stacked = gen.variables(z)
-    out = [select.unstack(stacked, i) for i in range(n)]
+    out = [step_lib.unstack(stacked, i) for i in range(n)]
     if recal.enabled:
         out = [select.recalibrated(module, v, x, num_batches=recal.num_batches,
                                    batch_size=recal.batch_size) for v in out]

@@ -202,7 +202,7 @@ def train_cohort(ctx, members, cid, pbar=None):
     state = step_lib.place(jax.tree_util.tree_map(np.asarray, restored["state"]), mesh,
                            step_lib.P("models"))
     step = ctx["step"]
-    steps_per_epoch = [len(ctx["task_idx"][s.model_id][0]) // b for s in members]
+    steps_per_epoch = [ctx["steps_per_epoch"][s.model_id] for s in members]
     done_steps = np.array([start * n for n in steps_per_epoch])
     saved = {m for m, s in enumerate(members) if zoo.done(s, ctx["schedules"][s.model_id])}
     _take_due(ctx, members, state, traj, done_steps, steps_per_epoch)  # step 0: the init itself
@@ -272,8 +272,9 @@ def run(config, workdir):
     ctx["step"] = step_lib.make_cohort_step(ctx["module"], ctx["tx"], ctx["strategy"], ctx["mesh"],
                                             float(config.train.diverge_loss_factor))
     b = int(config.train.batch_size)
+    ctx["steps_per_epoch"] = {s.model_id: len(ctx["task_idx"][s.model_id][0]) // b for s in specs}
     ctx["schedules"] = {s.model_id: hparams.snapshot_schedule(
-        config, s, len(ctx["task_idx"][s.model_id][0]) // b) for s in specs}
+        config, s, ctx["steps_per_epoch"][s.model_id]) for s in specs}
     cohort_root = os.path.join(zoo_store.zoo_dir(workdir), "cohorts")
     done = sum(zoo.done(s, ctx["schedules"][s.model_id]) for s in specs)
     if done == len(specs):
