@@ -57,6 +57,8 @@ def get_config(arg=None):
     c.cohort_size = 2      # models unrolled in one jitted call (per device); CPU: 2 measured best
                            # (compile time grows with it), accelerators: 64+ with vmap
     c.steps_per_call = 1   # training steps per jitted call (unrolled inside it)
+    c.checkpoint_every_secs = 60.0  # a cohort's train state is checkpointed at the first epoch
+                                    # end this long after the last (0 = every epoch)
     c.compile_cache = "~/.cache/wsjax/xla"  # persistent XLA cache: reruns skip compiling ('' = off)
     c.num_devices = 0      # devices on the 'models' mesh axis (0 = all)
 

@@ -4,7 +4,7 @@ import numpy as np
 
 from configs import zoo as zoo_configs
 from wsjax import models
-from wsjax.models import bn
+from wsjax.models import bn, inference
 
 
 def test_recalibration_moves_stats_to_the_data_and_matches_train_mode():
@@ -35,3 +35,28 @@ def test_recalibration_averages_over_batches():
     np.testing.assert_allclose(two["batch_stats"]["bn1"]["mean"],
                                (a["batch_stats"]["bn1"]["mean"] + b["batch_stats"]["bn1"]["mean"]) / 2,
                                rtol=1e-4, atol=1e-5)
+
+
+def test_stacked_recalibration_and_scores_match_one_network_at_a_time():
+    config = zoo_configs.get_config("tiny")
+    module = models.build(config.model, 3)
+    rng = np.random.default_rng(2)
+    images = rng.normal(size=(40, 12, 12, 1)).astype(np.float32)
+    labels = rng.integers(0, 3, 40)
+    nets = [jax.tree_util.tree_map(np.asarray, dict(module.init(jax.random.key(i), images[:1])))
+            for i in range(3)]
+    stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *nets)
+    # chunks of 2 over 3 networks: the padded last chunk must not leak into the results
+    stats = inference.map_chunks(lambda c: bn._recalibrate_chunk(module, c, jnp.asarray(
+        images[:32].reshape(2, 16, 12, 12, 1))), stacked, chunk=2)
+    together = bn.recalibrate_stack(module, stacked, images, num_batches=2, batch_size=16)
+    z = inference.logits_stack(module, together, images)
+    loss, acc = inference.scores_stack(z, labels)
+    for i, v in enumerate(nets):
+        alone = bn.recalibrate(module, v, images, num_batches=2, batch_size=16)
+        np.testing.assert_allclose(stats["bn1"]["var"][i], alone["batch_stats"]["bn1"]["var"], rtol=1e-5)
+        zi = inference.logits(module, alone, images)
+        np.testing.assert_allclose(z[i], zi, rtol=1e-4, atol=1e-5)
+        li, ai = inference.scores(zi, labels)
+        assert abs(loss[i] - li) < 1e-5 and abs(acc[i] - ai) < 1e-9
+    assert len({round(float(l), 6) for l in loss}) == 3  # three different networks

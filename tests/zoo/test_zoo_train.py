@@ -148,11 +148,13 @@ def test_rerun_after_kill_gives_identical_zoo(tiny_zoo, tmp_path, monkeypatch):
         if len(calls) == 5:  # mid-way: some cohorts done, one checkpointed mid-training
             raise KeyboardInterrupt
 
+    config = zoo_configs.get_config("tiny")
+    config.checkpoint_every_secs = 0.0  # every epoch end: the kill lands after a checkpoint
     monkeypatch.setattr(train_lib, "_log", killing_log)
     with pytest.raises(KeyboardInterrupt):
-        run_stage(zoo_configs.get_config("tiny"), str(tmp_path))
+        run_stage(config, str(tmp_path))
     monkeypatch.setattr(train_lib, "_log", real_log)
-    run_stage(zoo_configs.get_config("tiny"), str(tmp_path))
+    run_stage(config, str(tmp_path))
     _assert_same_zoo(_weights(tiny_zoo[0]), _weights(str(tmp_path)))
 
 
@@ -186,6 +188,7 @@ def test_damaged_manifest_is_moved_aside_and_its_models_retrained(tiny_zoo, tmp_
 
 def test_corrupt_cohort_checkpoint_is_one_clear_error(tmp_path, monkeypatch):
     config = zoo_configs.get_config("tiny")
+    config.checkpoint_every_secs = 0.0
     calls, real_log = [], train_lib._log
 
     def killing_log(*a):  # the first cohort lasts 2 epochs: killed after its epoch-1 checkpoint

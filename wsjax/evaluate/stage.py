@@ -27,7 +27,7 @@ from wsjax.common.config import require
 from wsjax.evaluate import finetune, metrics, report
 from wsjax.generator import features, linear, select
 from wsjax.generator import stage as generator_stage
-from wsjax.models import inference
+from wsjax.models import bn, inference
 from wsjax.sample.stage import default_targets
 from wsjax.zoo import init as init_lib
 from wsjax.zoo import step as step_lib
@@ -93,17 +93,15 @@ class Context:
         init_path = init_lib.init_path(workdir)  # absent for init='per_model'
         self.random_init = ckpt.restore(init_path) if ckpt.exists(init_path) else None
 
-    def recal(self, variables, prompt):
+    def scores(self, stacked, prompt):
+        """Stacked networks BN-recalibrated on the prompt's train images, and their [N] val
+        losses, [N] val accuracies and [N, n, C] val logits, in batched calls."""
         r = self.config.recalibrate
-        if not r.enabled:
-            return variables
-        return select.recalibrated(self.module, variables, prompt["train"][0],
-                                   num_batches=r.num_batches, batch_size=r.batch_size)
-
-    def score(self, variables, prompt):
-        """(val loss, val accuracy, val logits) after recalibration."""
-        z = inference.logits(self.module, self.recal(variables, prompt), prompt["val"][0])
-        return inference.scores(z, prompt["val"][1]) + (z,)
+        if r.enabled:
+            stacked = bn.recalibrate_stack(self.module, stacked, prompt["train"][0],
+                                           num_batches=r.num_batches, batch_size=r.batch_size)
+        z = inference.logits_stack(self.module, stacked, prompt["val"][0])
+        return (stacked,) + inference.scores_stack(z, prompt["val"][1]) + (z,)
 
     def snapshot(self, i):
         r = self.rows[i]
@@ -135,62 +133,82 @@ def noisy_copy(variables, norm, key):
     return dict(variables, params=params)
 
 
+def _stack(trees):
+    return jax.tree_util.tree_map(lambda *xs: np.concatenate([np.asarray(x) for x in xs]), *trees)
+
+
+def _single(variables):
+    return jax.tree_util.tree_map(lambda x: np.asarray(x)[None], variables)
+
+
+def score_groups(ctx, groups, prompt):
+    """{name: stacked networks} -> {name: (recalibrated stack, loss [n], accuracy [n], logits)},
+    every group scored in one batched call."""
+    sizes = [len(jax.tree_util.tree_leaves(g)[0]) for g in groups.values()]
+    out = ctx.scores(_stack(list(groups.values())), prompt)
+    ends = np.cumsum(sizes)
+    return {name: tuple(jax.tree_util.tree_map(lambda x: x[e - n:e], o) for o in out)
+            for name, n, e in zip(groups, sizes, ends)}
+
+
 def evaluate_task(ctx, classes, kind, targets, key):
     """Records of every sampler and baseline for one class set."""
     cfg = ctx.config
     x_train, y_train = select.prompt_images(ctx.dataset, classes, cfg.seed)
     prompt = dict(train=(x_train, y_train), val=data.task_split(ctx.dataset, classes, "val"))
     base = dict(kind=kind, classes=list(classes))
-    records = []
-
-    def add(sampler, target, variables, **extra):
-        loss, acc, _ = ctx.score(variables, prompt)
-        records.append(dict(base, sampler=sampler, target_loss=target, loss=loss, accuracy=acc, **extra))
-
-    # keep-the-best over one pool per class set, chosen on train images
+    median = ctx.median_loss
     k_pool, k_flow, k_noise = jax.random.split(key, 3)
-    pool_z = ctx.gen.candidates(classes, targets + [ctx.median_loss], k_pool, **cfg.pool)
-    pool = ctx.gen.variables(pool_z)
-    r = cfg.recalibrate
-    train_loss = select.losses(ctx.module, pool, (x_train, y_train),
-                               num_batches=r.num_batches, batch_size=r.batch_size)
+
+    # keep-the-best over one pool per class set: chosen on train images, scored on val images
+    pool_z = ctx.gen.candidates(classes, targets + [median], k_pool, **cfg.pool)
+    pool, pool_loss, pool_acc, pool_logits = ctx.scores(ctx.gen.variables(pool_z), prompt)
+    train_loss = select.train_losses(ctx.module, pool, prompt["train"])
     expected = select.calibrate(train_loss, ctx.gen.meta["calibration"])
-    for t, i in zip(targets, select.nearest(expected, targets)):
-        add("best", t, step_lib.unstack(pool, i), train_loss=float(train_loss[i]),
-            expected_loss=float(expected[i]))
+    records = [dict(base, sampler="best", target_loss=t, loss=float(pool_loss[i]),
+                    accuracy=float(pool_acc[i]), train_loss=float(train_loss[i]),
+                    expected_loss=float(expected[i]))
+               for t, i in zip(targets, select.nearest(expected, targets))]
+
+    # every generator alone and the baselines, scored together
+    groups = {}
     for sampler in cfg.samplers:
         if sampler == "thesis":
-            z = ctx.thesis.latents([classes] * len(targets), targets,
-                                   [ctx.median_accuracy] * len(targets))
-            stacked = ctx.thesis.weights(z)
+            groups[sampler] = ctx.thesis.weights(ctx.thesis.latents(
+                [classes] * len(targets), targets, [ctx.median_accuracy] * len(targets)))
         else:
-            stacked = ctx.gen.variables(ctx.gen.latents(sampler, classes, targets, k_flow))
-        for j, t in enumerate(targets):
-            add(sampler, t, step_lib.unstack(stacked, j))
-    for t in targets:
-        add("copy", t, ctx.snapshot(ctx.copy(classes, t)))
-
+            groups[sampler] = ctx.gen.variables(ctx.gen.latents(sampler, classes, targets, k_flow))
+    groups["copy"] = _stack([_single(ctx.snapshot(ctx.copy(classes, t))) for t in targets])
     # at the zoo's median final loss: the default sampler against every baseline
-    median = ctx.median_loss
     i = int(select.nearest(expected, [median])[0])
     sample = step_lib.unstack(pool, i)
-    s_loss, s_acc, s_logits = ctx.score(sample, prompt)
     near = ctx.nearest(linear.decode(ctx.gen.latent, pool_z[i]))
     near_vars = ctx.snapshot(near)
     copy_vars = ctx.snapshot(ctx.copy(classes, median))
-    at_median = dict(base, accuracy=s_acc, loss=s_loss,
-                     copy_accuracy=ctx.score(copy_vars, prompt)[1],
-                     copy_noise_accuracy=ctx.score(noisy_copy(
-                         copy_vars, _params_distance(sample, near_vars), k_noise), prompt)[1],
-                     mean_model_accuracy=ctx.score(step_lib.unstack(ctx.mean_model, 0), prompt)[1],
-                     novelty_agreement=metrics.logit_metrics(
-                         ctx.score(near_vars, prompt)[2], s_logits)["agreement"],
+    baselines = dict(copy_median=copy_vars, nearest=near_vars,
+                     copy_noise=noisy_copy(copy_vars, _params_distance(sample, near_vars), k_noise),
+                     mean_model=step_lib.unstack(ctx.mean_model, 0))
+    if ctx.random_init is not None:
+        baselines["random_init"] = ctx.random_init
+    groups.update({name: _single(v) for name, v in baselines.items()})
+    scored = score_groups(ctx, groups, prompt)
+    for name in tuple(cfg.samplers) + ("copy",):
+        _, loss, acc, _ = scored[name]
+        records += [dict(base, sampler=name, target_loss=t, loss=float(l), accuracy=float(a))
+                    for t, l, a in zip(targets, loss, acc)]
+
+    acc = lambda name: float(scored[name][2][0])  # noqa: E731
+    at_median = dict(base, accuracy=float(pool_acc[i]), loss=float(pool_loss[i]),
+                     copy_accuracy=acc("copy_median"), copy_noise_accuracy=acc("copy_noise"),
+                     mean_model_accuracy=acc("mean_model"),
+                     novelty_agreement=metrics.logit_metrics(scored["nearest"][3][0],
+                                                             pool_logits[i])["agreement"],
                      nearest_same_classes=tuple(ctx.rows[near]["classes"]) == tuple(classes))
     if ctx.random_init is not None:
-        at_median["random_init_accuracy"] = ctx.score(ctx.random_init, prompt)[1]
+        at_median["random_init_accuracy"] = acc("random_init")
     if kind == "held_out":
         f = cfg.finetune
-        starts = dict(sample=ctx.recal(sample, prompt), copy=ctx.recal(copy_vars, prompt))
+        starts = dict(sample=sample, copy=step_lib.unstack(scored["copy_median"][0], 0))
         if ctx.random_init is not None:
             starts["shared_init"] = ctx.random_init
         at_median["finetune"] = {
@@ -210,8 +228,8 @@ def same_set_agreement(ctx, max_sets):
     for classes, idx in list((c, v) for c, v in by_set.items() if len(v) >= 2)[:max_sets]:
         x_train, y_train = select.prompt_images(ctx.dataset, classes, ctx.config.seed)
         prompt = dict(train=(x_train, y_train), val=data.task_split(ctx.dataset, classes, "val"))
-        a, b = (ctx.score(ctx.snapshot(i), prompt)[2] for i in idx[:2])
-        out.append(metrics.logit_metrics(a, b)["agreement"])
+        z = ctx.scores(_stack([_single(ctx.snapshot(i)) for i in idx[:2]]), prompt)[3]
+        out.append(metrics.logit_metrics(z[0], z[1])["agreement"])
     return float(np.mean(out)) if out else float("nan")
 
 

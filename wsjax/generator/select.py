@@ -1,11 +1,9 @@
 """Generate many, keep the best: candidates ranked by their loss on the prompt task's own train
 images after BatchNorm recalibration (a few forward passes; val images are never used)."""
-import jax
 import numpy as np
 
 from wsjax import data
 from wsjax.models import bn, inference
-from wsjax.zoo.step import unstack
 
 
 def prompt_images(dataset, classes, seed):
@@ -15,20 +13,21 @@ def prompt_images(dataset, classes, seed):
     return x[perm], y[perm]
 
 
-def recalibrated(module, variables, images, *, num_batches, batch_size):
-    return bn.recalibrate(module, variables, images, num_batches=num_batches, batch_size=batch_size)
+def losses(module, stacked, train, val=None, *, num_batches, batch_size):
+    """[N] train loss (`train_losses`) of each of N stacked candidates after recalibrating its
+    BatchNorm statistics on the train images; with `val`, also [N] val losses."""
+    stacked = bn.recalibrate_stack(module, stacked, train[0], num_batches=num_batches,
+                                   batch_size=batch_size)
+    if val is None:
+        return train_losses(module, stacked, train)
+    z = inference.logits_stack(module, stacked, val[0])
+    return train_losses(module, stacked, train), inference.scores_stack(z, val[1])[0]
 
 
-def losses(module, stacked, train, val=None, *, num_batches, batch_size, max_images=256):
-    """[N] loss of each of N stacked candidates on (at most `max_images` of) the train images
-    after recalibrating its BatchNorm statistics on them; with `val`, also [N] val losses."""
-    (x, y), n = train, len(jax.tree_util.tree_leaves(stacked)[0])
-    out = np.empty((n, 2))
-    for i in range(n):
-        v = recalibrated(module, unstack(stacked, i), x, num_batches=num_batches, batch_size=batch_size)
-        out[i, 0] = inference.loss_accuracy(module, v, x[:max_images], y[:max_images])[0]
-        out[i, 1] = inference.loss_accuracy(module, v, *val)[0] if val is not None else np.nan
-    return out[:, 0] if val is None else (out[:, 0], out[:, 1])
+def train_losses(module, stacked, train, max_images=256):
+    """[N] loss of N stacked (recalibrated) candidates on at most `max_images` train images."""
+    x, y = train[0][:max_images], train[1][:max_images]
+    return inference.scores_stack(inference.logits_stack(module, stacked, x), y)[0]
 
 
 def calibrate(train_losses, calibration):

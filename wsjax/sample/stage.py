@@ -11,7 +11,7 @@ from wsjax.common import config as config_lib
 from wsjax.common import io
 from wsjax.common.config import require
 from wsjax.generator import select
-from wsjax.models import inference
+from wsjax.models import bn, inference
 from wsjax.zoo import step as step_lib
 from wsjax.zoo import store
 
@@ -79,11 +79,10 @@ def draw(config, workdir, classes, loss, acc, dataset):
             z = np.concatenate([gen.latents(config.sampler, classes, [loss], jax.random.fold_in(key, i))
                                 for i in range(n)])
             stacked = gen.variables(z)
-    out = [step_lib.unstack(stacked, i) for i in range(n)]
     if recal.enabled:
-        out = [select.recalibrated(module, v, x, num_batches=recal.num_batches,
-                                   batch_size=recal.batch_size) for v in out]
-    return module, out
+        stacked = bn.recalibrate_stack(module, stacked, x, num_batches=recal.num_batches,
+                                       batch_size=recal.batch_size)
+    return module, [step_lib.unstack(stacked, i) for i in range(n)]
 
 
 def run(config, workdir):

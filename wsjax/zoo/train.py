@@ -5,10 +5,10 @@ are padded to `cohort_size * num_devices` slots so one compiled step serves ever
 cohort is stepped by one jitted call per `steps_per_call` steps (wsjax.zoo.step) with the dataset
 on device and per-model batch indices from per-(model, epoch) seeds. A snapshot is evaluated on
 the task's val images as soon as its step (hparams.snapshot_schedule) is reached and kept on the
-host; a model's snapshots are saved together, stacked, when it finishes. At each epoch end the
-cohort's train state and the snapshots taken so far are checkpointed under zoo/cohorts/<id>/
-(deleted when the cohort is done): a killed run restarts at the last epoch end and ends with the
-same zoo.
+host; a model's snapshots are saved together, stacked, when it finishes. At the first epoch end
+`checkpoint_every_secs` after the cohort's start or last checkpoint, its train state and the
+snapshots taken so far are checkpointed under zoo/cohorts/<id>/ (deleted when the cohort is
+done): a killed run restarts there (or at the cohort's start) and ends with the same zoo.
 """
 import json
 import os
@@ -141,28 +141,32 @@ def _due(ctx, members, traj, done_steps):
 
 
 def _take_due(ctx, members, state, traj, done_steps, steps_per_epoch):
-    """Evaluates every snapshot whose step has been reached and records it in `traj`."""
+    """Evaluates every snapshot whose step has been reached (one batched call) and records it."""
     due = _due(ctx, members, traj, done_steps)
     if not due:
         return
-    host = {k: jax.tree_util.tree_map(np.asarray, state[k]) for k in ("params", "batch_stats")}
-    for m, j in due:
-        s = members[m]
-        variables = {k: step_lib.unstack(host[k], m) for k in host}
-        xv, yv = data.task_split(ctx["dataset"], s.classes, "val")
-        vl, va = inference.loss_accuracy(ctx["module"], variables, xv, yv)
-        count = traj["loss_count"][m]
-        if count:  # the mean minibatch loss since the last snapshot
-            train_loss = traj["loss_sum"][m] / count
-        else:      # the init: no step taken yet, so its loss on (up to) 512 train images
-            gi, local = ctx["task_idx"][s.model_id]
-            train_loss = inference.loss_accuracy(ctx["module"], variables, ctx["dataset"].x_train[gi[:512]],
-                                                 local[:512])[0]
-        traj["metrics"][j, m] = (done_steps[m], done_steps[m] // steps_per_epoch[m], train_loss, vl, va)
+    slots = np.array([m for m, _ in due])
+    variables = {k: jax.tree_util.tree_map(lambda x: np.asarray(x)[slots], state[k])
+                 for k in ("params", "batch_stats")}
+    val = [data.task_split(ctx["dataset"], members[m].classes, "val") for m in slots]
+    val_loss, val_acc = inference.scores_each(ctx["module"], variables, val)
+    # The init (no step taken yet) has no minibatch losses: its loss on (up to) 512 train images.
+    # Otherwise the mean minibatch loss since the model's last snapshot.
+    counts = traj["loss_count"][slots]
+    train_loss = traj["loss_sum"][slots] / np.maximum(counts, 1)
+    fresh = np.flatnonzero(counts == 0)
+    if len(fresh):
+        train = [(ctx["dataset"].x_train[gi[:512]], local[:512]) for gi, local in
+                 (ctx["task_idx"][members[m].model_id] for m in slots[fresh])]
+        train_loss[fresh] = inference.scores_each(
+            ctx["module"], jax.tree_util.tree_map(lambda x: x[fresh], variables), train)[0]
+    for i, (m, j) in enumerate(due):
+        traj["metrics"][j, m] = (done_steps[m], done_steps[m] // steps_per_epoch[m], train_loss[i],
+                                 val_loss[i], val_acc[i])
         traj["taken"][j, m] = True
         traj["loss_sum"][m] = traj["loss_count"][m] = 0
-        for k in host:
-            jax.tree_util.tree_map(lambda buf, x: buf.__setitem__((j, m), x), traj["weights"][k],
+        for k in variables:
+            jax.tree_util.tree_map(lambda buf, x: buf.__setitem__((j, m), x[i]), traj["weights"][k],
                                    variables[k])
 
 
@@ -206,7 +210,7 @@ def train_cohort(ctx, members, cid, pbar=None):
     done_steps = np.array([start * n for n in steps_per_epoch])
     saved = {m for m, s in enumerate(members) if zoo.done(s, ctx["schedules"][s.model_id])}
     _take_due(ctx, members, state, traj, done_steps, steps_per_epoch)  # step 0: the init itself
-    last = max(s.max_epoch for s in members)
+    last, saved_at = max(s.max_epoch for s in members), time.time()
     for epoch in range(start, last):
         t0 = time.time()
         batches = _epoch_batches(members, ctx["task_idx"], epoch, b, k, slots)
@@ -228,7 +232,8 @@ def train_cohort(ctx, members, cid, pbar=None):
         for m in finished:
             _save_model(ctx, members[m], m, traj, bool(diverged[m]))
             saved.add(m)
-        if epoch + 1 < last:
+        if epoch + 1 < last and time.time() - saved_at >= ctx["checkpoint_every_secs"]:
+            saved_at = time.time()
             manager.save(epoch + 1, args=ocp.args.StandardSave(dict(
                 state=jax.tree_util.tree_map(np.asarray, state), trajectory=traj)))
             manager.wait_until_finished()
@@ -257,6 +262,7 @@ def prepare(config, workdir):
     return dict(config=config, workdir=workdir, dataset=dataset, specs=specs, module=module,
                 mesh=mesh, num_devices=num_devices, strategy=strategy, task_idx=task_idx,
                 steps_per_call=int(config.get("steps_per_call", 1)),
+                checkpoint_every_secs=float(config.checkpoint_every_secs),
                 x_train=step_lib.place(dataset.x_train, mesh, step_lib.P()))
 
 
