@@ -110,7 +110,7 @@ def load(workdir):
     path = os.path.join(workdir, STAGE, "params")
     require(store.exists(path), f"{path} not found: run the 'ae' stage with this --workdir first")
     config = config_lib.load(workdir, STAGE)
-    saved = store.restore(path)
+    saved = store.restore(path, stage=STAGE)
     module = model_lib.build(config.model, saved["mean"].shape[0])
     params = jax.tree_util.tree_map(jnp.asarray, saved["params"])
     return AE(module, params, Normaliser(saved["mean"], saved["std"]))

@@ -59,4 +59,4 @@ def load(workdir):
     config = config_lib.load(workdir, "align")
     with np.load(p["stats"]) as f:
         stats = {k: f[k] for k in f.files}
-    return Aligner(config, store.restore(p["params"])["params"], stats)
+    return Aligner(config, store.restore(p["params"], stage="align")["params"], stats)

@@ -29,7 +29,7 @@ def base_network(config, workdir):
     module = models.build(config.model, dataset.num_classes)
     path = base_path(workdir)
     if store.exists(path):
-        return module, store.restore(path)
+        return module, store.restore(path, stage="zoo")
     variables = init_lib.random_init(module, dataset.image_shape,
                                      jax.random.fold_in(jax.random.key(config.init_seed), 2**31 - 1))
     tx = step_lib.make_optimizer()
@@ -46,4 +46,4 @@ def base_network(config, workdir):
     variables = dict(params=state["params"], batch_stats=state["batch_stats"])
     variables = jax.tree_util.tree_map(np.asarray, variables)
     store.save(path, variables)
-    return module, store.restore(path)
+    return module, store.restore(path, stage="zoo")
