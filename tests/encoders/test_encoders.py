@@ -73,7 +73,8 @@ def test_clip_path_loads_a_local_checkpoint_and_encodes_grey_images(tmp_path, fu
     feats = np.asarray(fn(images))
     assert feats.shape == (5, 12 if full else 16) and np.all(np.isfinite(feats))
     # the same numbers as the transformers model on the same preprocessed pixels
-    px = clip.preprocess(images, images.min(), images.max(), 32, config.encoder.clip_mean, config.encoder.clip_std)
+    px = clip.preprocess(images, images.min(), images.max(), 32, config.encoder.clip_mean,
+                         config.encoder.clip_std)
     ref = model.get_image_features(np.asarray(px)) if full else model(np.asarray(px)).pooler_output
     np.testing.assert_allclose(feats, np.asarray(ref), rtol=1e-4, atol=1e-5)
 
