@@ -5,7 +5,8 @@
     pca/state/                     Orbax {'mean': tree, 'basis': tree} (`pca.load`)
     pca/meta.json                  segments, shapes, var_floor
     pca/coeffs.npz                 coefficients of every zoo snapshot, manifest order (`pca.load_coeffs`)
-    pca/summary.json               per parameter: mode, dim, k, explained variance, held-out energy
+    pca/summary.json               per parameter: mode, dim, num_components, explained variance,
+                                   held-out energy
     pca/explained_variance.png
 
 Only the leaves of one block are in memory at a time; a killed run resumes at the first missing
@@ -211,7 +212,7 @@ def summarize(p, fits, out, rows, train, seconds):
     for name, start, stop, mode in p.segments:
         f = fits[name]
         params[name] = dict(
-            mode=mode, dim=int(f.mean.shape[0]), k=stop - start, variance=f.variance,
+            mode=mode, dim=int(f.mean.shape[0]), num_components=stop - start, variance=f.variance,
             explained_variance=(float(f.explained[stop - start - 1]) if mode == "pca"
                                 else 1.0 if mode == "centred" else 0.0),
             heldout_energy=captured(name, heldout))
@@ -243,7 +244,7 @@ def plot(path, p, fits):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
-    for name, start, stop, mode in p.segments:
+    for name, _, _, mode in p.segments:
         if mode == "pca":
             ax1.plot(np.arange(1, len(fits[name].explained) + 1), fits[name].explained, lw=0.8)
     ax1.set(xlabel="components", ylabel="cumulative explained variance (train)",
