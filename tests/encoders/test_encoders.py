@@ -112,10 +112,16 @@ def test_probe_encoder_uses_the_zoo_base_network_features(fake_zoo, tmp_path):
     workdir = str(tmp_path / "w")
     shutil.copytree(fake_zoo, workdir)
     config = align_configs.get_config("tiny")
+    with pytest.raises(config_lib.ConfigError, match=r"features_probe.npz is missing .*rerun the .align."):
+        encoders.dataset_encoder(config, workdir, write=False)  # a reader never computes them
     enc = encoders.dataset_encoder(config, workdir)
     zoo_config = config_lib.load(workdir, "zoo")
     assert enc.class_features.shape == (10, 8 * zoo_config.model.width)
-    assert os.path.isdir(os.path.join(workdir, "zoo", "base"))
+    # the zoo (init 'shared') has no base network: align trains one in its own folder only
+    assert os.path.isdir(os.path.join(workdir, "align", "base"))
+    assert not os.path.exists(os.path.join(workdir, "zoo", "base"))
+    again = encoders.dataset_encoder(config, workdir, write=False)
+    np.testing.assert_array_equal(again.class_features, enc.class_features)
     # classes differ: the probe separates them (no two class means equal)
     d = np.linalg.norm(enc.class_features[:, None] - enc.class_features[None], axis=-1)
     assert d[~np.eye(10, dtype=bool)].min() > 1e-4
