@@ -1,6 +1,8 @@
 """The stage registry: `config.stage` -> module exposing `run(config, workdir)`, and `run_stage`,
 which keeps the stage contract (wsjax.common.contract) around every stage's run."""
+import errno
 import importlib
+import os
 
 from wsjax.common import config as config_lib
 from wsjax.common import contract
@@ -18,6 +20,9 @@ STAGES = {
     "bench_zoo": "wsjax.zoo.bench",
     "bench_pca": "wsjax.pca.bench",
 }
+# Write failures that are the workdir's, not the code's: one sentence instead of a traceback.
+_WORKDIR_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                   errno.EROFS: "the file system is read-only", errno.EACCES: "permission is denied"}
 # A stage's config check is its run module's `check_config(config)`, or the function named here.
 VALIDATORS = {"zoo": ("wsjax.zoo.hparams", "validate")}
 
@@ -43,5 +48,14 @@ def run_stage(config, workdir, overwrite=None):
     module = validate(config)
     if overwrite is None:
         overwrite = bool(config.get("overwrite", False))
-    with contract.claim(config.stage, config, workdir, overwrite):
-        return module.run(config, workdir)
+    try:
+        with contract.claim(config.stage, config, workdir, overwrite):
+            return module.run(config, workdir)
+    except OSError as e:
+        if e.errno not in _WORKDIR_ERRORS:
+            raise
+        path = e.filename or os.path.join(workdir, config.stage)
+        raise config_lib.ConfigError(
+            f"cannot write {path}: {_WORKDIR_ERRORS[e.errno]}; expected a writable --workdir with free "
+            f"space: make room (or choose another --workdir) and rerun the '{config.stage}' stage, "
+            "which resumes where it stopped") from e

@@ -90,12 +90,18 @@ def test_stage_writes_outputs_and_load_round_trips(pca_workdir, tmp_path):
     np.testing.assert_allclose(lat["z"], np.asarray(z), rtol=1e-5, atol=1e-5)
     assert (lat["model_id"] == co["model_id"]).all() and (lat["split"] == co["split"]).all()
     m = json.load(open(os.path.join(workdir, "ae", "metrics.json")))
-    assert m["num_models"] == 2  # the val and test models' final snapshots
-    for k in ("pca", "pca+ae", "copy", "mean", "pca+recal", "pca+ae+recal"):
-        assert 0 <= m[k]["real_agreement"] <= 1 and -1 <= m[k]["real_cosine"] <= 1
-    assert "| pca+ae |" in open(os.path.join(workdir, "ae", "report.md")).read()
-    # The fake zoo lies in a rank-3 span: PCA reconstruction of held-out models is exact.
-    assert m["pca"]["real_agreement"] == 1.0
+    # the checkpoint is selected on val models: test models are scored apart, never pooled with them
+    assert m["selection"]["checkpoint"] == "val" and m["ae"]["selected_on"] == "val"
+    assert m["test"]["num_models"] == m["val"]["num_models"] == 1  # the fake zoo's final snapshots
+    assert [r["split"] for r in m["per_model"]] == ["val", "test"]
+    for split in ("test", "val"):
+        for k in ("pca", "pca+ae", "copy", "mean", "pca+recal", "pca+ae+recal"):
+            assert 0 <= m[split][k]["real_agreement"] <= 1 and -1 <= m[split][k]["real_cosine"] <= 1
+        # The fake zoo lies in a rank-3 span: PCA reconstruction of held-out models is exact.
+        assert m[split]["pca"]["real_agreement"] == 1.0
+    report = open(os.path.join(workdir, "ae", "report.md")).read()
+    assert "| pca+ae |" in report and "## test models (never used for any selection)" in report
+    assert "## val models (the AE checkpoint was selected on these: optimistic)" in report
     # Rerun after completion is a no-op.
     before = os.path.getmtime(os.path.join(workdir, "ae", "metrics.json"))
     stages.run_stage(_tiny(), workdir)
@@ -126,7 +132,7 @@ def test_rerun_after_kill_gives_identical_final_state(pca_workdir, tmp_path, mon
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
     def steps(workdir):  # the resumed log reads like an unbroken one
-        return [json.loads(l)["step"] for l in open(os.path.join(workdir, "ae", "log.jsonl"))]
+        return [json.loads(line)["step"] for line in open(os.path.join(workdir, "ae", "log.jsonl"))]
 
     assert steps(killed) == steps(full)
 

@@ -140,7 +140,7 @@ def test_killed_align_run_resumes_to_the_same_params(fake_ae, tmp_path):
     p_killed = store.restore(os.path.join(killed, "align", "params"))
     for x, y in zip(jax.tree_util.tree_leaves(p_full), jax.tree_util.tree_leaves(p_killed)):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
-    steps = [json.loads(l)["step"] for l in open(os.path.join(killed, "align", "log.jsonl"))]
+    steps = [json.loads(line)["step"] for line in open(os.path.join(killed, "align", "log.jsonl"))]
     assert steps == sorted(set(steps))  # no duplicated log lines after the resume
 
 
@@ -178,7 +178,8 @@ def test_soft_binned_aligner_moves_z_proj_continuously_with_the_target_loss(fake
     config.results.soft = True
     config.num_steps = config.eval_every = config.checkpoint_every = 20
     metrics = run_stage(config, workdir)
-    assert np.isfinite(metrics["val_loss_readout_r2"]) and np.isfinite(metrics["train_loss_readout_r2_true_z"])
+    assert np.isfinite(metrics["val_loss_readout_r2"])
+    assert np.isfinite(metrics["train_loss_readout_r2_true_z"])
     a = align.load(workdir)
     enc = encoders.dataset_encoder(config_lib.load(workdir, "align"), workdir)
     c = a.stats["loss_centres"]

@@ -41,5 +41,5 @@ def test_metric_writer_trims_lines_past_the_restored_step(tmp_path):
         log.write(step, loss=1.0 / step)
     log.trim(20)
     log.write(30, loss=0.5)
-    assert [json.loads(l) for l in open(tmp_path / "log.jsonl")] == [
+    assert [json.loads(line) for line in open(tmp_path / "log.jsonl")] == [
         {"step": 10, "loss": 0.1}, {"step": 20, "loss": 0.05}, {"step": 30, "loss": 0.5}]

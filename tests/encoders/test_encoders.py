@@ -73,7 +73,8 @@ def test_clip_path_loads_a_local_checkpoint_and_encodes_grey_images(tmp_path, fu
     feats = np.asarray(fn(images))
     assert feats.shape == (5, 12 if full else 16) and np.all(np.isfinite(feats))
     # the same numbers as the transformers model on the same preprocessed pixels
-    px = clip.preprocess(images, images.min(), images.max(), 32, config.encoder.clip_mean, config.encoder.clip_std)
+    px = clip.preprocess(images, images.min(), images.max(), 32, config.encoder.clip_mean,
+                         config.encoder.clip_std)
     ref = model.get_image_features(np.asarray(px)) if full else model(np.asarray(px)).pooler_output
     np.testing.assert_allclose(feats, np.asarray(ref), rtol=1e-4, atol=1e-5)
 
@@ -111,10 +112,16 @@ def test_probe_encoder_uses_the_zoo_base_network_features(fake_zoo, tmp_path):
     workdir = str(tmp_path / "w")
     shutil.copytree(fake_zoo, workdir)
     config = align_configs.get_config("tiny")
+    with pytest.raises(config_lib.ConfigError, match=r"features_probe.npz is missing .*rerun the .align."):
+        encoders.dataset_encoder(config, workdir, write=False)  # a reader never computes them
     enc = encoders.dataset_encoder(config, workdir)
     zoo_config = config_lib.load(workdir, "zoo")
     assert enc.class_features.shape == (10, 8 * zoo_config.model.width)
-    assert os.path.isdir(os.path.join(workdir, "zoo", "base"))
+    # the zoo (init 'shared') has no base network: align trains one in its own folder only
+    assert os.path.isdir(os.path.join(workdir, "align", "base"))
+    assert not os.path.exists(os.path.join(workdir, "zoo", "base"))
+    again = encoders.dataset_encoder(config, workdir, write=False)
+    np.testing.assert_array_equal(again.class_features, enc.class_features)
     # classes differ: the probe separates them (no two class means equal)
     d = np.linalg.norm(enc.class_features[:, None] - enc.class_features[None], axis=-1)
     assert d[~np.eye(10, dtype=bool)].min() > 1e-4

@@ -84,3 +84,24 @@ def test_every_stage_config_gets_the_overwrite_field():
     for path in ("configs/zoo.py:tiny", "configs/pca.py", "configs/demo.py:tiny"):
         config = main.ConfigFileParser().parse(os.path.join(ROOT, path))
         assert config.overwrite is False and config.is_locked
+
+
+def test_full_disk_is_one_sentence_naming_the_file_and_the_way_out(fake_zoo, tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    from configs import pca as pca_configs
+    from wsjax.common import io
+
+    workdir = str(tmp_path / "work")
+    shutil.copytree(fake_zoo, workdir)
+
+    def full(path, **arrays):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+    monkeypatch.setattr(io, "savez", full)  # the PCA's first block file
+    with pytest.raises(ConfigError) as e:
+        main.run_stage(pca_configs.get_config("tiny"), workdir)
+    message = str(e.value)
+    assert "\n" not in message and f"cannot write {workdir}/pca/blocks/block_0000.npz" in message
+    assert "the disk is full" in message and "rerun the 'pca' stage" in message

@@ -69,9 +69,9 @@ def test_mode_selection_keeps_mean_centres_small_leaves_and_compresses_the_rest(
     keys = pca_stage.leaf_keys(0, list(xs))
     fits = fit_lib.fit_leaves(xs, cfg, keys)
     assert [fits[n].mode for n in xs] == ["mean", "centred", "pca", "pca"]
-    assert fits["constant"].k == 0 and fits["small"].k == 8
-    assert fits["lowrank"].k == 2           # the explained-variance target is met at rank 2
-    assert fits["fullrank"].k == 5          # ... the cap stops a full-rank leaf
+    assert fits["constant"].num_components == 0 and fits["small"].num_components == 8
+    assert fits["lowrank"].num_components == 2          # the explained-variance target is met at rank 2
+    assert fits["fullrank"].num_components == 5         # ... the cap stops a full-rank leaf
 
 
 def _random_zoo(n=12, seed=0):

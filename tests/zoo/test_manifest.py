@@ -41,7 +41,7 @@ def test_an_intact_manifest_reads_with_types(manifest):
     (lambda ls: ls[:5] + [ls[5].replace("0-1-2", "a-b-c")] + ls[6:],
      r"line 6: classes must be class ids like 0-1-2, got 'a-b-c'"),
     (lambda ls: ls + [ls[3]], r"line 8 repeats model_id 1 snapshot 'early' of line 4"),
-    (lambda ls: [ls[0].replace(",val_loss", "")] + [l.replace(",1.1,", ",") for l in ls[1:]],
+    (lambda ls: [ls[0].replace(",val_loss", "")] + [line.replace(",1.1,", ",") for line in ls[1:]],
      r"has no column val_loss: expected the header"),
 ])
 def test_a_damaged_manifest_is_one_sentence_naming_file_and_line(manifest, edit, expected):

@@ -1,4 +1,6 @@
 """Zoo specifications that need no training: parameter count, tasks, hyperparameters, inits, errors."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,6 +8,7 @@ import pytest
 
 from configs import zoo as zoo_configs
 from wsjax import data, models
+from wsjax.common import store
 from wsjax.common.config import ConfigError
 from wsjax.zoo import hparams
 from wsjax.zoo import init as init_lib
@@ -131,9 +134,42 @@ def test_missing_or_corrupt_snapshot_is_one_clear_error(tmp_path):
     path = zoo_store.snapshot_path(str(tmp_path), 3)
     zoo_store.save_snapshots(str(tmp_path), 3, [{"params": {"w": np.ones(3)}, "batch_stats": {}}])
     import glob
-    import os
     for f in glob.glob(os.path.join(path, "**", "*"), recursive=True):
         if os.path.isfile(f) and "METADATA" not in f:
             open(f, "wb").write(b"garbage")
     with pytest.raises(ConfigError, match="corrupt|missing"):
         zoo_store.load_snapshots(str(tmp_path), 3)
+
+
+def _data_files(checkpoint):
+    """The OCDBT files holding a checkpoint's arrays and B-tree nodes."""
+    return [os.path.join(r, f) for r, _, fs in os.walk(checkpoint) for f in fs
+            if os.path.basename(r) == "d"]
+
+
+def _truncate(file):
+    with open(file, "r+b") as f:
+        f.truncate(os.path.getsize(file) // 2)
+
+
+@pytest.mark.parametrize("damage", [
+    lambda path: _truncate(max(_data_files(path), key=os.path.getsize)),
+    lambda path: os.remove(max(_data_files(path), key=os.path.getsize)),
+    lambda path: open(os.path.join(path, "_METADATA"), "w").close(),
+    lambda path: os.remove(os.path.join(path, "manifest.ocdbt")),
+], ids=["truncated_data", "deleted_data", "empty_metadata", "deleted_index"])
+def test_a_damaged_snapshot_counts_as_missing_and_names_the_zoo_stage(tmp_path, damage):
+    workdir = str(tmp_path)
+    rng = np.random.default_rng(0)  # random values: large enough to live outside the index
+    zoo_store.save_snapshots(workdir, 3, [{"params": {"w": rng.normal(size=(64, 64))},
+                                           "batch_stats": {"v": rng.normal(size=(300,))}}])
+    path = zoo_store.snapshot_path(workdir, 3)
+    assert store.exists(path)
+    damage(path)
+    assert os.path.exists(os.path.join(path, "_CHECKPOINT_METADATA"))  # Orbax's marker alone
+    assert not store.exists(path)
+    with pytest.raises(ConfigError, match=r"00003 is missing or incomplete: rerun the 'zoo' stage"):
+        zoo_store.load_snapshots(workdir, 3)
+    rows = [dict(model_id=3)]
+    with pytest.raises(ConfigError, match=r"no complete checkpoint for model 3: rerun the 'zoo' stage"):
+        zoo_store.check_snapshots(workdir, rows)

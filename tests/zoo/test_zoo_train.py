@@ -8,10 +8,12 @@ import jax
 import numpy as np
 import pytest
 
+from configs import pca as pca_configs
 from configs import zoo as zoo_configs
 from launch.main import run_stage
 from wsjax import data, models
 from wsjax.common.config import ConfigError
+from wsjax.pca import stage as pca_stage
 from wsjax.zoo import init as init_lib
 from wsjax.zoo import pretrain
 from wsjax.zoo import step as step_lib
@@ -162,6 +164,27 @@ def test_deleting_one_models_snapshots_retrains_only_that_model(tiny_zoo, tmp_pa
     workdir = str(tmp_path / "w")
     shutil.copytree(tiny_zoo[0], workdir)
     shutil.rmtree(zoo_store.snapshot_path(workdir, 4))
+    trained = []
+    real = train_lib.train_cohort
+    monkeypatch.setattr(train_lib, "train_cohort",
+                        lambda ctx, members, *a: trained.append(members) or real(ctx, members, *a))
+    run_stage(zoo_configs.get_config("tiny"), workdir)
+    assert [[s.model_id for s in c] for c in trained] == [[4]]
+    _assert_same_zoo(_weights(tiny_zoo[0]), _weights(workdir), exact=False)
+
+
+def test_truncated_snapshot_stops_pca_naming_the_zoo_and_a_zoo_rerun_retrains_it(
+        tiny_zoo, tmp_path, monkeypatch):
+    workdir = str(tmp_path / "w")
+    shutil.copytree(tiny_zoo[0], workdir)
+    path = zoo_store.snapshot_path(workdir, 4)
+    data_files = [os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs if os.path.basename(r) == "d"]
+    victim = max(data_files, key=os.path.getsize)
+    with open(victim, "r+b") as f:  # a copy cut short: Orbax's commit marker is still there
+        f.truncate(os.path.getsize(victim) // 2)
+    monkeypatch.setattr(pca_stage, "read_leaves", lambda *a, **k: pytest.fail("PCA started work"))
+    with pytest.raises(ConfigError, match=r"no complete checkpoint for model 4: rerun the 'zoo' stage"):
+        run_stage(pca_configs.get_config("tiny"), workdir)
     trained = []
     real = train_lib.train_cohort
     monkeypatch.setattr(train_lib, "train_cohort",

@@ -7,9 +7,10 @@
     ae/metrics.json, ae/report.md, ae/reconstruction.png   reconstruction evaluation
 
 Models are split as in the zoo manifest: train fits the AE, val selects the checkpoint (lowest
-val loss), test is held out. Batches are a pure function of (seed, step), so a killed run
-resumes from its last checkpoint and ends in the same state.
+val loss), test is held out; the report scores val and test models apart. Batches are a pure
+function of (seed, step), so a killed run resumes from its last checkpoint and ends in the same state.
 """
+import functools
 import os
 import time
 
@@ -23,7 +24,7 @@ from flax.training import train_state
 from tqdm import tqdm
 
 from wsjax import data, models, pca
-from wsjax.ae import losses
+from wsjax.ae import losses, reconstruction
 from wsjax.ae import model as model_lib
 from wsjax.common import config as config_lib
 from wsjax.common import io
@@ -38,21 +39,24 @@ STAGE = "ae"
 def check_config(config):
     require("model" in config and "train" in config and "loss" in config,
             "config.model/train/loss are missing: use configs/ae.py")
-    t, l = config.train, config.loss
-    require(config.model.latent_dim >= 1, f"config.model.latent_dim must be >= 1, got {config.model.latent_dim}")
-    require(all(h >= 1 for h in config.model.hidden), f"config.model.hidden must be positive, got {config.model.hidden}")
+    t, loss, m = config.train, config.loss, config.model
+    require(m.latent_dim >= 1, f"config.model.latent_dim must be >= 1, got {m.latent_dim}")
+    require(all(h >= 1 for h in m.hidden), f"config.model.hidden must be positive, got {m.hidden}")
     require(t.steps >= 1, f"config.train.steps must be >= 1, got {t.steps}")
     require(t.batch_size >= 1, f"config.train.batch_size must be >= 1, got {t.batch_size}")
-    require(0 <= t.warmup_steps < t.steps, f"config.train.warmup_steps must be in [0, steps), got {t.warmup_steps}")
+    require(0 <= t.warmup_steps < t.steps,
+            f"config.train.warmup_steps must be in [0, steps), got {t.warmup_steps}")
     require(t.learning_rate > 0, f"config.train.learning_rate must be > 0, got {t.learning_rate}")
-    require(t.checkpoint_every >= 1, f"config.train.checkpoint_every must be >= 1, got {t.checkpoint_every}")
+    require(t.checkpoint_every >= 1,
+            f"config.train.checkpoint_every must be >= 1, got {t.checkpoint_every}")
     require(t.input_noise >= 0, f"config.train.input_noise must be >= 0, got {t.input_noise}")
     for name in ("mse", "layerwise", "behaviour"):
-        require(l[name] >= 0, f"config.loss.{name} must be >= 0, got {l[name]}")
-    require(l.mse + l.layerwise + l.behaviour > 0, "config.loss: at least one of mse, layerwise, behaviour must be > 0")
-    require(l.temperature > 0, f"config.loss.temperature must be > 0, got {l.temperature}")
-    require(1 <= l.behaviour_models <= t.batch_size,
-            f"config.loss.behaviour_models must be in [1, train.batch_size], got {l.behaviour_models}")
+        require(loss[name] >= 0, f"config.loss.{name} must be >= 0, got {loss[name]}")
+    require(loss.mse + loss.layerwise + loss.behaviour > 0,
+            "config.loss: at least one of mse, layerwise, behaviour must be > 0")
+    require(loss.temperature > 0, f"config.loss.temperature must be > 0, got {loss.temperature}")
+    require(1 <= loss.behaviour_models <= t.batch_size,
+            f"config.loss.behaviour_models must be in [1, train.batch_size], got {loss.behaviour_models}")
     require(config.model.norm in ("segment", "coordinate"),
             f"config.model.norm must be 'segment' or 'coordinate', got {config.model.norm!r}")
     require(config.loss.batching in ("unroll", "vmap"),
@@ -105,12 +109,30 @@ class AE:
         return self._dec(self.params, jnp.asarray(z, jnp.float32))
 
 
+def paths(workdir):
+    d = os.path.join(workdir, STAGE)
+    return dict(params=os.path.join(d, "params"), latents=os.path.join(d, "latents.npz"),
+                checkpoints=os.path.join(d, "checkpoints"), log=os.path.join(d, "log.jsonl"),
+                metrics=os.path.join(d, "metrics.json"), report=os.path.join(d, "report.md"),
+                plot=os.path.join(d, "reconstruction.png"))
+
+
+def load_latents(workdir):
+    """dict(z [S, D], model_id [S], snapshot [S], split [S]): every zoo snapshot's AE latent."""
+    path = paths(workdir)["latents"]
+    require(os.path.exists(path), f"{path} not found: run the 'ae' stage with this --workdir first")
+    with np.load(path) as f:
+        missing = {"z", "model_id", "snapshot", "split"} - set(f.files)
+        require(not missing, f"{path} lacks arrays {sorted(missing)}: rerun the 'ae' stage")
+        return {k: f[k] for k in f.files}
+
+
 def load(workdir):
     """The AE trained in `workdir/ae`, with its normalisation statistics."""
-    path = os.path.join(workdir, STAGE, "params")
+    path = paths(workdir)["params"]
     require(store.exists(path), f"{path} not found: run the 'ae' stage with this --workdir first")
     config = config_lib.load(workdir, STAGE)
-    saved = store.restore(path)
+    saved = store.restore(path, stage=STAGE)
     module = model_lib.build(config.model, saved["mean"].shape[0])
     params = jax.tree_util.tree_map(jnp.asarray, saved["params"])
     return AE(module, params, Normaliser(saved["mean"], saved["std"]))
@@ -155,104 +177,91 @@ def make_loss_fn(module, net, p, norm, lw_weights, loss_cfg):
     return loss_fn
 
 
-def run(config, workdir):
-    check_config(config)
-    out_dir = config_lib.stage_dir(workdir, STAGE)
-    done = [os.path.join(out_dir, f) for f in ("params", "latents.npz", "metrics.json", "report.md")]
-    if all(os.path.exists(f) for f in done):
-        logging.info("ae: outputs in %s are complete, nothing to do", out_dir)
-        return load(workdir)
-    start_time = time.time()
-    p = pca.load(workdir)
-    co = pca.load_coeffs(workdir)
-    rows_by_key = {(r["model_id"], r["snapshot"]): r for r in zoo_store.read_manifest(workdir)}
-    rows = [rows_by_key[(int(m), str(s))] for m, s in zip(co["model_id"], co["snapshot"])]
-    ok = co["status"] == "ok"
-    train_idx = np.flatnonzero(ok & (co["split"] == "train"))
-    val_idx = np.flatnonzero(ok & (co["split"] == "val"))
-    require(len(train_idx) >= 2, f"{workdir}/pca/coeffs.npz has {len(train_idx)} ok train snapshots: the AE needs at least 2")
-    if not len(val_idx):  # no val split: select on train (stated in the log)
-        logging.warning("ae: no val-split snapshots; the checkpoint is selected on the train loss")
-        val_idx = train_idx
-    zoo_config = config_lib.load(workdir, "zoo")
-    net = models.build(zoo_config.model, zoo_config.tasks.k)
-    dataset = data.load(zoo_config.data)
-
-    norm = Normaliser.fit(co["coeffs"][train_idx],
-                          p.segments if config.model.norm == "segment" else None)
-    x_all = np.asarray(norm(co["coeffs"]))
-    lw_weights = jnp.asarray(losses.layerwise_weights(
-        co["coeffs"][train_idx].std(0), np.asarray(norm.std), p.segments))
-    use_beh = config.loss.behaviour > 0
-    fit_idx = np.concatenate([train_idx, val_idx])
-    if use_beh:
-        probes = make_probes(config, dataset, [rows[i] for i in fit_idx], config.seed)
-        targets = original_logits(workdir, net, [rows[i] for i in fit_idx], probes)
-        probe_of = {int(s): j for j, s in enumerate(fit_idx)}
-
-    module = model_lib.build(config.model, p.num_coeffs)
-    t = config.train
+def make_optimizer(t):
+    """(tx, learning-rate schedule) of `config.train`."""
     schedule = optax.warmup_cosine_decay_schedule(0.0, t.learning_rate, t.warmup_steps, t.steps,
                                                   t.learning_rate * t.end_lr_fraction)
     tx = optax.chain(optax.clip_by_global_norm(t.grad_clip),
                      optax.adamw(schedule, weight_decay=t.weight_decay))
-    base = jax.random.key(config.seed)
-    params = module.init(jax.random.fold_in(base, 0), jnp.zeros((1, p.num_coeffs)))["params"]
-    if config.model.linear:
-        params = model_lib.pca_init(params, x_all[train_idx], config.model.latent_dim,
-                                    config.model.shrinkage)
-    state = train_state.TrainState.create(apply_fn=module.apply, params=params, tx=tx)
-    loss_fn = make_loss_fn(module, net, p, norm, lw_weights, config.loss)
-    b_beh = int(config.loss.behaviour_models)
+    return tx, schedule
 
+
+def make_train_step(loss_fn, input_noise):
     def train_step(state, x, probes, targets, key):
-        x_in = x + t.input_noise * jax.random.normal(key, x.shape)
+        x_in = x + input_noise * jax.random.normal(key, x.shape)
         (_, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x, x_in, probes, targets)
         return state.apply_gradients(grads=grads), m
+    return jax.jit(train_step, donate_argnums=0)
 
-    train_step = jax.jit(train_step, donate_argnums=0)
+
+def batch(seed, step, train_idx, batch_size):
+    """(rows of step `step`'s batch, its input-noise key): a pure function of (seed, step), so a
+    resumed run draws what the killed one would have."""
+    rng = np.random.default_rng([seed, step])
+    pick = rng.choice(train_idx, batch_size, replace=len(train_idx) < batch_size)
+    return pick, jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), step)
+
+
+def behaviour_inputs(probe_set, pick):
+    """(probes, targets) of rows `pick`; empty when the behaviour loss is off (`probe_set` None)."""
+    if probe_set is None:
+        return jnp.zeros((0,)), jnp.zeros((0,))
+    probes, targets, position = probe_set
+    j = [position[int(i)] for i in pick]
+    return jnp.asarray(probes[j]), jnp.asarray(targets[j])
+
+
+def validate(eval_loss, params, x_all, val_idx, batch_size, probe_set):
+    """Mean of each loss term over the rows `val_idx` (the checkpoint-selection split)."""
+    ms = []
+    for a in range(0, len(val_idx), batch_size):
+        pick = val_idx[a:a + batch_size]
+        ms.append(jax.device_get(eval_loss(params, jnp.asarray(x_all[pick]),
+                                           *behaviour_inputs(probe_set, pick))))
+    return {k: float(np.mean([m[k] for m in ms])) for k in ms[0]}
+
+
+def read_inputs(workdir):
+    """(pca, coefficients, manifest rows in coefficient order, {split: row indices of ok snapshots})."""
+    p, co = pca.load(workdir), pca.load_coeffs(workdir)
+    by_key = {(r["model_id"], r["snapshot"]): r for r in zoo_store.read_manifest(workdir)}
+    rows = [by_key[(int(m), str(s))] for m, s in zip(co["model_id"], co["snapshot"])]
+    ok = co["status"] == "ok"
+    idx = {s: np.flatnonzero(ok & (co["split"] == s)) for s in ("train", "val")}
+    require(len(idx["train"]) >= 2, f"{workdir}/pca/coeffs.npz has {len(idx['train'])} ok train "
+            "snapshots: the AE needs at least 2")
+    return p, co, rows, idx
+
+
+def train(config, out, state, loss_fn, schedule, x_all, idx, probe_set):
+    """Trains from the last checkpoint in `out['checkpoints']` to `config.train.steps`, validating
+    every `checkpoint_every` steps; returns (best params, best loss on idx['select'])."""
+    t = config.train
+    step_fn = make_train_step(loss_fn, t.input_noise)
     eval_loss = jax.jit(lambda params, x, probes, targets: loss_fn(params, x, x, probes, targets)[1])
-
-    def batch(step):
-        rng = np.random.default_rng([config.seed, step])
-        pick = rng.choice(train_idx, t.batch_size, replace=len(train_idx) < t.batch_size)
-        return pick, jax.random.fold_in(jax.random.fold_in(base, 1), step)
-
-    def beh_inputs(pick):
-        if not use_beh:
-            return jnp.zeros((0,)), jnp.zeros((0,))
-        j = [probe_of[int(i)] for i in pick]
-        return jnp.asarray(probes[j]), jnp.asarray(targets[j])
-
-    def validate(params):
-        ms = []
-        for a in range(0, len(val_idx), t.batch_size):
-            pick = val_idx[a:a + t.batch_size]
-            ms.append(jax.device_get(eval_loss(params, jnp.asarray(x_all[pick]), *beh_inputs(pick))))
-        return {k: float(np.mean([m[k] for m in ms])) for k in ms[0]}
-
+    check = functools.partial(validate, eval_loss, x_all=x_all, val_idx=idx["select"],
+                              batch_size=t.batch_size, probe_set=probe_set)
     ckpt = dict(state=state, best_params=state.params, best_val=np.asarray(np.inf, np.float32))
-    manager, start, ckpt = store.resume(os.path.join(out_dir, "checkpoints"), ckpt, stage="ae")
-    log = io.MetricWriter(os.path.join(out_dir, "log.jsonl"))
+    manager, start, ckpt = store.resume(out["checkpoints"], ckpt, stage=STAGE)
+    log = io.MetricWriter(out["log"])
     log.trim(start if start else -1)  # a fresh start writes step 0's line again
     state, best_params, best_val = ckpt["state"], ckpt["best_params"], float(ckpt["best_val"])
-    if not start:  # the initial (linear PCA) AE is a candidate too: training must beat it on val
-        v = validate(state.params)
+    if not start:  # the initial (linear PCA) AE is a candidate too: training must beat it
+        v = check(state.params)
         best_val, best_params = v["loss"], jax.tree_util.tree_map(jnp.copy, state.params)
         log.write(0, **{f"val_{k}": x for k, x in v.items()})
-
     bar = tqdm(range(start, t.steps), desc="ae train", unit="step", initial=start, total=t.steps)
     tic = time.time()
     for step in bar:
-        pick, key = batch(step)
-        probes_b, targets_b = beh_inputs(pick[:b_beh])
-        state, m = train_step(state, jnp.asarray(x_all[pick]), probes_b, targets_b, key)
+        pick, key = batch(config.seed, step, idx["train"], t.batch_size)
+        probes, targets = behaviour_inputs(probe_set, pick[:config.loss.behaviour_models])
+        state, m = step_fn(state, jnp.asarray(x_all[pick]), probes, targets, key)
         if (step + 1) % t.log_every == 0:
             m = {k: float(v) for k, v in jax.device_get(m).items()}
             bar.set_postfix(loss=f"{m['loss']:.4f}")
             log.write(step + 1, lr=float(schedule(step)), seconds=time.time() - tic, **m)
         if (step + 1) % t.checkpoint_every == 0 or step + 1 == t.steps:
-            v = validate(state.params)
+            v = check(state.params)
             if v["loss"] < best_val:
                 best_val, best_params = v["loss"], jax.tree_util.tree_map(jnp.copy, state.params)
             log.write(step + 1, **{f"val_{k}": x for k, x in v.items()})
@@ -260,20 +269,62 @@ def run(config, workdir):
                 state=state, best_params=best_params, best_val=np.asarray(best_val, np.float32))))
             manager.wait_until_finished()
     bar.close()
+    manager.close()
+    return best_params, best_val
+
+
+def run(config, workdir):
+    check_config(config)
+    config_lib.stage_dir(workdir, STAGE)
+    out = paths(workdir)
+    if store.exists(out["params"]) and all(os.path.exists(out[k]) for k in ("latents", "metrics", "report")):
+        logging.info("ae: outputs in %s are complete, nothing to do", os.path.dirname(out["params"]))
+        return load(workdir)
+    start_time = time.time()
+    p, co, rows, idx = read_inputs(workdir)
+    # the checkpoint is selected on val models; without any, on train (said in log and report)
+    idx["select"], selected_on = (idx["val"], "val") if len(idx["val"]) else (idx["train"], "train")
+    if selected_on == "train":
+        logging.warning("ae: no val-split snapshots; the checkpoint is selected on the train loss")
+    zoo_config = config_lib.load(workdir, "zoo")
+    net = models.build(zoo_config.model, zoo_config.tasks.k)
+    dataset = data.load(zoo_config.data)
+
+    train_idx = idx["train"]
+    norm = Normaliser.fit(co["coeffs"][train_idx], p.segments if config.model.norm == "segment" else None)
+    x_all = np.asarray(norm(co["coeffs"]))
+    lw_weights = jnp.asarray(losses.layerwise_weights(
+        co["coeffs"][train_idx].std(0), np.asarray(norm.std), p.segments))
+    probe_set = None  # (probes, their original logits, row -> position) of the rows trained on or selected on
+    if config.loss.behaviour > 0:
+        fit_idx = np.concatenate([train_idx, idx["select"]])
+        probes = make_probes(config, dataset, [rows[i] for i in fit_idx], config.seed)
+        targets = original_logits(workdir, net, [rows[i] for i in fit_idx], probes)
+        probe_set = (probes, targets, {int(s): j for j, s in enumerate(fit_idx)})
+
+    module = model_lib.build(config.model, p.num_coeffs)
+    tx, schedule = make_optimizer(config.train)
+    key = jax.random.fold_in(jax.random.key(config.seed), 0)
+    params = module.init(key, jnp.zeros((1, p.num_coeffs)))["params"]
+    if config.model.linear:
+        params = model_lib.pca_init(params, x_all[train_idx], config.model.latent_dim,
+                                    config.model.shrinkage)
+    state = train_state.TrainState.create(apply_fn=module.apply, params=params, tx=tx)
+    loss_fn = make_loss_fn(module, net, p, norm, lw_weights, config.loss)
+    tic = time.time()
+    best_params, best_val = train(config, out, state, loss_fn, schedule, x_all, idx, probe_set)
     train_seconds = time.time() - tic
 
-    store.save(os.path.join(out_dir, "params"), dict(params=best_params, mean=norm.mean, std=norm.std))
+    store.save(out["params"], dict(params=best_params, mean=norm.mean, std=norm.std))
     ae = load(workdir)
     z = np.asarray(ae.encode(co["coeffs"]))
-    io.savez(os.path.join(out_dir, "latents.npz"), z=z, model_id=co["model_id"],
-             snapshot=co["snapshot"], split=co["split"])
-
-    from wsjax.evaluate import reconstruction
+    io.savez(out["latents"], z=z, model_id=co["model_id"], snapshot=co["snapshot"], split=co["split"])
     results = reconstruction.evaluate(workdir, config.eval, p=p, ae=ae, coeffs=co, rows=rows,
-                                      dataset=dataset, module=net, seed=config.seed)
-    results["ae"] = dict(best_val_loss=best_val, train_seconds=train_seconds,
+                                      dataset=dataset, module=net, selected_on=selected_on,
+                                      seed=config.seed)
+    results["ae"] = dict(best_val_loss=best_val, selected_on=selected_on, train_seconds=train_seconds,
                          stage_seconds=time.time() - start_time, num_coeffs=p.num_coeffs,
                          latent_dim=int(config.model.latent_dim))
-    reconstruction.write(out_dir, results)
+    reconstruction.write(out, results)
     logging.info("ae: done in %.1f s", time.time() - start_time)
     return ae

@@ -7,9 +7,8 @@ import numpy as np
 from wsjax.common import config as config_lib
 from wsjax.common import store
 from wsjax.common.config import require
-from wsjax.align import losses  # noqa: F401
+from wsjax.align import losses
 from wsjax.align import model as model_lib
-from wsjax.encoders import results
 
 
 class Aligner:
@@ -17,21 +16,14 @@ class Aligner:
 
     def __init__(self, config, params, stats):
         self.config, self.params, self.stats = config, params, stats
-        self.use_accuracy = bool(config.results.use_accuracy)
-        num_bins = [len(stats["loss_edges"]) + 1] + ([len(stats["acc_edges"]) + 1] if self.use_accuracy else [])
-        self.module = model_lib.build(config, num_bins, stats["z_mean"].shape[0])
+        self.module = model_lib.build(config, stats, stats["z_mean"].shape[0])
         self._apply = jax.jit(self.module.apply)
 
     def bins(self, val_loss, val_accuracy=None):
-        """The results encoder's input: int bins [N, R], or soft-bin weights [N, R, B] if configured."""
-        soft = bool(self.config.results.get("soft", False))
-        values = [("loss", val_loss)]
-        if self.use_accuracy:
-            require(val_accuracy is not None, "this aligner conditions on accuracy: pass val_accuracy")
-            values.append(("acc", val_accuracy))
-        if soft:
-            return np.stack([results.soft_bins(self.stats[f"{k}_centres"], np.atleast_1d(v)) for k, v in values], 1)
-        return np.stack([results.to_bin(self.stats[f"{k}_edges"], np.atleast_1d(v)) for k, v in values], 1)
+        """The results encoder's input (`model.results_bins`) for the requested results."""
+        require(val_accuracy is not None or not self.config.results.use_accuracy,
+                "this aligner conditions on accuracy: pass val_accuracy")
+        return model_lib.results_bins(self.stats, self.config.results, val_loss, val_accuracy)
 
     def project_standardised(self, task_features, val_loss, val_accuracy=None):
         s = self.stats
@@ -41,7 +33,8 @@ class Aligner:
     def project(self, task_features, val_loss, val_accuracy=None):
         """z_proj [N, D] in the AE latent space from task features [N, k*F] and results [N]."""
         s = self.stats
-        return s["z_mean"] + s["z_std"] * self.project_standardised(task_features, val_loss, val_accuracy)
+        z = self.project_standardised(task_features, val_loss, val_accuracy)
+        return s["z_mean"] + s["z_std"] * z
 
 
 def paths(workdir):
@@ -59,4 +52,4 @@ def load(workdir):
     config = config_lib.load(workdir, "align")
     with np.load(p["stats"]) as f:
         stats = {k: f[k] for k in f.files}
-    return Aligner(config, store.restore(p["params"])["params"], stats)
+    return Aligner(config, store.restore(p["params"], stage="align")["params"], stats)

@@ -1,6 +1,7 @@
 """Align stage: train the shared encoder against the frozen z_weight of the zoo's train snapshots.
 
-Reads zoo/models.csv and ae/latents.npz; writes align/{features_<kind>.npz, stats.npz, ckpt/,
+Reads zoo/models.csv and ae/latents.npz (`ae.load_latents`); writes align/{features_<kind>.npz, base/
+(the probe encoder's network, when the zoo has none), stats.npz, ckpt/,
 params/, log.jsonl, metrics.json}. Resumable: the Orbax CheckpointManager in align/ckpt holds the
 training state, batches depend only on (seed, step), so a killed run rerun gives the same result.
 """
@@ -16,14 +17,13 @@ import orbax.checkpoint as ocp
 from absl import logging
 from tqdm import tqdm
 
-from wsjax import align, encoders
+from wsjax import ae, align, encoders
 from wsjax.align import losses
 from wsjax.align import model as model_lib
 from wsjax.common import config as config_lib
 from wsjax.common import io
 from wsjax.common import store
 from wsjax.common.config import require
-from wsjax.encoders import results
 from wsjax.zoo import store as zoo_store
 
 LOSSES = ("nt_xent", "multi_positive")
@@ -32,27 +32,20 @@ LOSSES = ("nt_xent", "multi_positive")
 def check_config(config):
     require(config.loss in LOSSES, f"config.loss must be one of {LOSSES}, got {config.loss!r}")
     require(config.temperature > 0, f"config.temperature must be > 0, got {config.temperature}")
-    require(config.results.num_bins >= 1, f"config.results.num_bins must be >= 1, got {config.results.num_bins}")
+    require(config.results.num_bins >= 1,
+            f"config.results.num_bins must be >= 1, got {config.results.num_bins}")
     require(config.results.dim >= 1, f"config.results.dim must be >= 1, got {config.results.dim}")
-    require(config.regression_weight >= 0, f"config.regression_weight must be >= 0, got {config.regression_weight}")
+    require(config.regression_weight >= 0,
+            f"config.regression_weight must be >= 0, got {config.regression_weight}")
     require(config.batch_size >= 2, f"config.batch_size must be >= 2, got {config.batch_size}")
     require(config.num_steps >= 1, f"config.num_steps must be >= 1, got {config.num_steps}")
     require(config.learning_rate > 0, f"config.learning_rate must be > 0, got {config.learning_rate}")
     require(config.retrieval_batch >= 2, f"config.retrieval_batch must be >= 2, got {config.retrieval_batch}")
 
 
-def load_latents(workdir):
-    path = os.path.join(workdir, "ae", "latents.npz")
-    require(os.path.exists(path), f"{path} not found: run the 'ae' stage with this --workdir first")
-    with np.load(path) as f:
-        missing = {"z", "model_id", "snapshot", "split"} - set(f.files)
-        require(not missing, f"{path} lacks arrays {sorted(missing)}: rerun the 'ae' stage")
-        return {k: f[k] for k in f.files}
-
-
 def prepare(config, workdir):
     """Arrays per snapshot (features, bins, groups, targets) for the train and val splits, and stats."""
-    lat = load_latents(workdir)
+    lat = ae.load_latents(workdir)
     rows = {(r["model_id"], r["snapshot"]): r for r in zoo_store.read_manifest(workdir)}
     keep = [i for i in range(len(lat["z"]))
             if rows.get((int(lat["model_id"][i]), str(lat["snapshot"][i])), {}).get("status") == "ok"]
@@ -64,19 +57,8 @@ def prepare(config, workdir):
     feats = np.stack([enc.task_features(r["classes"]) for r in picked]).astype(np.float32)
     loss = np.asarray([r["val_loss"] for r in picked], np.float32)
     acc = np.asarray([r["val_accuracy"] for r in picked], np.float32)
-    n = int(config.results.num_bins)
-    stats = dict(loss_edges=results.bin_edges(loss[train], n),
-                 acc_edges=results.bin_edges(acc[train], n) if config.results.use_accuracy else np.zeros(0, np.float32))
-    bins = [results.to_bin(stats["loss_edges"], loss)]
-    if config.results.use_accuracy:
-        bins.append(results.to_bin(stats["acc_edges"], acc))
-    bins = np.stack(bins, 1)
-    stats.update(loss_centres=results.bin_centres(loss[train], n),
-                 acc_centres=results.bin_centres(acc[train], n) if config.results.use_accuracy else np.zeros(0, np.float32))
-    model_bins = bins
-    if config.results.soft:  # the model sees interpolated bins; groups stay hard
-        model_bins = np.stack([results.soft_bins(stats["loss_centres"], loss)]
-                              + ([results.soft_bins(stats["acc_centres"], acc)] if config.results.use_accuracy else []), 1)
+    stats = model_lib.results_stats(loss[train], acc[train], config.results)
+    bins = model_lib.results_bins(stats, config.results, loss, acc, soft=False)  # groups stay hard
     z = np.asarray(lat["z"][keep], np.float32)
     stats.update(feat_mean=feats[train].mean(0), feat_std=feats[train].std(0) + 1e-6,
                  z_mean=z[train].mean(0), z_std=z[train].std(0) + 1e-6)
@@ -84,19 +66,24 @@ def prepare(config, workdir):
     keys = [(tuple(r["classes"]),) + tuple(b) for r, b in zip(picked, bins.tolist())]
     group = np.asarray([sorted(set(keys)).index(k) for k in keys], np.int32)
     data = dict(feats=(feats - stats["feat_mean"]) / stats["feat_std"],
-                bins=model_bins if config.results.soft else bins.astype(np.int32),
-                z=(z - stats["z_mean"]) / stats["z_std"], group=group, log_loss=np.log(np.maximum(loss, 1e-8)))
+                bins=model_lib.results_bins(stats, config.results, loss, acc),
+                z=(z - stats["z_mean"]) / stats["z_std"], group=group,
+                log_loss=np.log(np.maximum(loss, 1e-8)))
     split_data = {s: {k: v[split == s] for k, v in data.items()} for s in ("train", "val")}
-    return split_data, {k: np.asarray(v, np.float32) for k, v in stats.items()}, len(stats["loss_edges"]) + 1
+    return split_data, {k: np.asarray(v, np.float32) for k, v in stats.items()}
+
+
+def contrastive(config, z_proj, z, group):
+    """The contrastive loss `config.loss` of paired rows (training and evaluation alike)."""
+    if config.loss == "nt_xent":
+        return losses.nt_xent(z_proj, z, config.temperature)
+    return losses.multi_positive_infonce(z_proj, z, group, config.temperature)
 
 
 def make_loss(module, config):
     def loss_fn(params, batch):
         z_proj = module.apply({"params": params}, batch["feats"], batch["bins"])
-        if config.loss == "nt_xent":
-            c = losses.nt_xent(z_proj, batch["z"], config.temperature)
-        else:
-            c = losses.multi_positive_infonce(z_proj, batch["z"], batch["group"], config.temperature)
+        c = contrastive(config, z_proj, batch["z"], batch["group"])
         mse = jnp.mean((z_proj - batch["z"]) ** 2)  # standardised: 1.0 = predicting the mean
         return c + config.regression_weight * mse, dict(contrastive=c, mse=mse)
     return loss_fn
@@ -151,11 +138,7 @@ def evaluate(module, params, data, config):
         out[f"{s}_r2"] = float(1 - ((zp - d["z"]) ** 2).sum() / (d["z"] ** 2).sum())
         unit = lambda z: z / (np.linalg.norm(z, axis=1, keepdims=True) + 1e-12)  # noqa: E731
         out[f"{s}_pair_cosine"] = float(np.mean((unit(zp) * unit(d["z"])).sum(1)))
-        if config.loss == "nt_xent":
-            out[f"{s}_contrastive"] = float(losses.nt_xent(zp[:q], d["z"][:q], config.temperature))
-        else:
-            out[f"{s}_contrastive"] = float(losses.multi_positive_infonce(
-                zp[:q], d["z"][:q], d["group"][:q], config.temperature))
+        out[f"{s}_contrastive"] = float(contrastive(config, zp[:q], d["z"][:q], d["group"][:q]))
     return out
 
 
@@ -172,9 +155,8 @@ def train(config, workdir, stop_at=None):
     check_config(config)
     p = align.paths(workdir)
     config_lib.stage_dir(workdir, "align")
-    data, stats, num_loss_bins = prepare(config, workdir)
-    num_bins = [num_loss_bins] + ([num_loss_bins] if config.results.use_accuracy else [])
-    module = model_lib.build(config, num_bins, data["train"]["z"].shape[1])
+    data, stats = prepare(config, workdir)
+    module = model_lib.build(config, stats, data["train"]["z"].shape[1])
     key = jax.random.key(config.seed)
     params = module.init(key, data["train"]["feats"][:1], data["train"]["bins"][:1])["params"]
     schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps,
@@ -197,7 +179,8 @@ def train(config, workdir, stop_at=None):
             if done % config.eval_every == 0 or done == config.num_steps:
                 rec = {k: float(v) for k, v in m.items()} | evaluate(module, state["params"], data, config)
                 log.write(done, **rec)
-                bar.set_postfix(loss=f"{rec['loss']:.3f}", val_top1=f"{rec.get('val_top1', float('nan')):.2f}")
+                bar.set_postfix(loss=f"{rec['loss']:.3f}",
+                                val_top1=f"{rec.get('val_top1', float('nan')):.2f}")
             if done % config.checkpoint_every == 0 or done == config.num_steps:
                 manager.save(done, args=ocp.args.StandardSave(jax.tree_util.tree_map(np.asarray, state)))
             bar.update(1)

@@ -58,5 +58,5 @@ class MetricWriter:
         if not os.path.exists(self.path):
             return
         with open(self.path) as f:
-            lines = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= after_step]
+            lines = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= after_step]
         write_text(self.path, "".join(lines))

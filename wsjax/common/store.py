@@ -2,11 +2,13 @@
 
 A plain `orbax.checkpoint.StandardCheckpointer().restore(path)` (no wsjax) reads any of them.
 """
+import json
 import os
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorstore as ts
 
 from wsjax.common.config import ConfigError
 
@@ -21,8 +23,49 @@ def _checkpointer():
 
 
 def exists(path):
-    """True only for a complete checkpoint (Orbax commits by atomic rename)."""
-    return os.path.isdir(path) and os.path.exists(os.path.join(path, "_CHECKPOINT_METADATA"))
+    """True only for a complete checkpoint: Orbax's commit marker, its tree metadata readable, and
+    every file its OCDBT index points into at least as long as the index says. Reads the index,
+    never the arrays (~2 ms), so a truncated or partly deleted checkpoint counts as missing."""
+    if not os.path.isfile(os.path.join(path, "_CHECKPOINT_METADATA")):
+        return False
+    try:
+        with open(os.path.join(path, "_METADATA")) as f:
+            json.load(f)["tree_metadata"]
+        return _index_intact(os.path.abspath(path))
+    except Exception:  # a missing or garbled metadata or index file (many types): incomplete
+        return False
+
+
+def _locations(node):
+    """The 'btreenode:...' and 'value:...' locations (`base:file:offset:length`) in a dumped
+    OCDBT manifest or node; inline values are bytes and are skipped."""
+    if isinstance(node, dict):
+        node = list(node.values())
+    if isinstance(node, list):
+        for x in node:
+            yield from _locations(x)
+    elif isinstance(node, str) and node.startswith(("btreenode:", "value:")):
+        yield node
+
+
+def _index_intact(path):
+    kv = ts.KvStore.open({"driver": "file", "path": path + "/"}).result()
+    pending = [ts.ocdbt.dump(kv).result()]  # the manifest, then the B-tree nodes it reaches
+    while pending:
+        for location in _locations(pending.pop()):
+            kind, base, name, offset, length = location.split(":")
+            file = os.path.join(path, base, name)
+            if not os.path.isfile(file) or os.path.getsize(file) < int(offset) + int(length):
+                return False
+            if kind == "btreenode":
+                pending.append(ts.ocdbt.dump(kv, location).result())
+    return True
+
+
+def _damaged(path, stage, what):
+    """The one sentence for a checkpoint that cannot be used, naming the stage that rewrites it."""
+    rerun = f"rerun the '{stage}' stage with this --workdir" if stage else "rerun the stage that wrote it"
+    return ConfigError(f"checkpoint {path} {what}: {rerun}")
 
 
 def save(path, tree):
@@ -34,27 +77,26 @@ def save(path, tree):
     ckpt.wait_until_finished()
 
 
-def restore(path):
-    """Restores the whole pytree at `path` as numpy arrays; one clear error if missing/corrupt."""
+def restore(path, stage=None):
+    """Restores the whole pytree at `path` as numpy arrays; one clear error, naming `stage` (the
+    stage that writes it) as the way out, if it is missing or corrupt."""
     if not exists(path):
-        raise ConfigError(f"checkpoint {path} is missing or incomplete")
+        raise _damaged(path, stage, "is missing or incomplete")
     try:
         return _checkpointer().restore(os.path.abspath(path))
     except Exception as e:  # Orbax/tensorstore raise many types for a damaged directory.
-        raise ConfigError(f"checkpoint {path} could not be read ({type(e).__name__}): "
-                          "it is corrupt; delete it and rerun the stage") from e
+        raise _damaged(path, stage, f"could not be read ({type(e).__name__})") from e
 
 
-def restore_subtree(path, item):
+def restore_subtree(path, item, stage=None):
     """Restores only the leaves named by the nested dict `item` (values ignored)."""
     if not exists(path):
-        raise ConfigError(f"checkpoint {path} is missing or incomplete")
+        raise _damaged(path, stage, "is missing or incomplete")
     try:
         return ocp.PyTreeCheckpointer().restore(
             os.path.abspath(path), args=ocp.args.PyTreeRestore(item=item, partial_restore=True))
     except Exception as e:
-        raise ConfigError(f"checkpoint {path} could not be read ({type(e).__name__}): "
-                          "it is corrupt; delete it and rerun the stage") from e
+        raise _damaged(path, stage, f"could not be read ({type(e).__name__})") from e
 
 
 def resume(directory, template, *, stage, max_to_keep=1):

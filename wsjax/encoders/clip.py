@@ -25,7 +25,8 @@ def load(path):
     import transformers
     classes = {"clip": transformers.FlaxCLIPModel, "clip_vision_model": transformers.FlaxCLIPVisionModel}
     require(model_type in classes,
-            f"config.encoder.clip_path {path!r} holds a {model_type!r} model, not 'clip' or 'clip_vision_model'")
+            f"config.encoder.clip_path {path!r} holds a {model_type!r} model, not 'clip' or "
+            "'clip_vision_model'")
     from_pt = not os.path.exists(os.path.join(path, "flax_model.msgpack"))  # torch weights only
     model = classes[model_type].from_pretrained(path, from_pt=from_pt, local_files_only=True)
     vision = model.config.vision_config if model_type == "clip" else model.config

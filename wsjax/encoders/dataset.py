@@ -11,6 +11,7 @@ import os
 import numpy as np
 from tqdm import tqdm
 
+from wsjax.common import io
 from wsjax.common.config import require
 
 
@@ -18,10 +19,6 @@ from wsjax.common.config import require
 class DatasetEncoder:
     kind: str
     class_features: np.ndarray  # [C, F] mean feature of each dataset class
-
-    @property
-    def feature_dim(self):
-        return self.class_features.shape[1]
 
     def task_features(self, classes):
         """[k * F] per-class mean features concatenated in (sorted) class order."""
@@ -50,15 +47,15 @@ def class_means(feature_fn, images, labels, num_classes, *, batch_size, images_p
 
 def cached_class_features(path, fingerprint, compute):
     """Loads [C, F] from `path` if it was computed for `fingerprint` (a dict), else computes and
-    saves it atomically."""
+    saves it atomically (None without `compute`)."""
     key = json.dumps(fingerprint, sort_keys=True)
     if os.path.exists(path):
         with np.load(path) as f:
             if str(f["fingerprint"]) == key:
                 return f["class_features"]
+    if compute is None:
+        return None
     feats = np.asarray(compute(), np.float32)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, class_features=feats, fingerprint=np.asarray(key))
-    os.replace(tmp, path)
+    io.savez(path, class_features=feats, fingerprint=np.asarray(key))
     return feats

@@ -1,1 +1,1 @@
-"""Evaluation: logit metrics, reconstruction evaluation, the evaluate stage."""
+"""Evaluation: logit metrics, fine-tuning, the evaluate stage (reconstruction: `wsjax.ae.reconstruction`)."""

@@ -63,7 +63,7 @@ def encode(p, variables):
     """variables -> coefficients [K] (leading batch axes of the leaves are kept: [..., K])."""
     flat = flatten(variables)
     parts = []
-    for (name, start, stop, mode), (_, shape) in zip(p.segments, p.shapes):
+    for (name, _, _, mode), (_, shape) in zip(p.segments, p.shapes):
         if mode == "mean":
             continue
         x = jnp.asarray(flat[name], jnp.float32)
@@ -102,7 +102,7 @@ class LeafFit:
     explained: np.ndarray       # cumulative explained-variance ratio of the solved components
 
     @property
-    def k(self):
+    def num_components(self):
         return int(self.mean.shape[0]) if self.mode == "centred" else int(self.basis.shape[0])
 
 
@@ -182,9 +182,9 @@ def build(fits, shapes, var_floor):
     """PCA pytree from per-leaf fits, segments in `shapes` order (the variables' flatten order)."""
     segments, start = [], 0
     for name, _ in shapes:
-        k = fits[name].k if fits[name].mode != "mean" else 0
-        segments.append((name, start, start + k, fits[name].mode))
-        start += k
+        n = fits[name].num_components if fits[name].mode != "mean" else 0
+        segments.append((name, start, start + n, fits[name].mode))
+        start += n
     mean = {name: jnp.asarray(fits[name].mean) for name, _ in shapes}
     basis = {name: jnp.asarray(fits[name].basis) for name, _ in shapes
              if fits[name].mode == "pca"}

@@ -5,7 +5,8 @@
     pca/state/                     Orbax {'mean': tree, 'basis': tree} (`pca.load`)
     pca/meta.json                  segments, shapes, var_floor
     pca/coeffs.npz                 coefficients of every zoo snapshot, manifest order (`pca.load_coeffs`)
-    pca/summary.json               per parameter: mode, dim, k, explained variance, held-out energy
+    pca/summary.json               per parameter: mode, dim, num_components, explained variance,
+                                   held-out energy
     pca/explained_variance.png
 
 Only the leaves of one block are in memory at a time; a killed run resumes at the first missing
@@ -80,7 +81,7 @@ def read_leaves(workdir, rows, names, shapes, desc=None):
     for model_id, picks in tqdm(by_model.items(), desc=desc or "reading snapshots", unit="model",
                                 leave=False, disable=desc is None and len(by_model) < 100):
         path = zoo_store.snapshot_path(workdir, model_id)
-        flat = fit_lib.flatten(store.restore_subtree(path, item))
+        flat = fit_lib.flatten(store.restore_subtree(path, item, stage="zoo"))
         for n in names:
             require(n in flat and np.shape(flat[n])[1:] == tuple(shapes[n]),
                     f"snapshot {path} has no leaf {n} of shape {tuple(shapes[n])}")
@@ -127,15 +128,16 @@ def _load_block(path):
     return fits, out
 
 
-def _outputs(out_dir):
-    return [os.path.join(out_dir, f) for f in
-            ("state", "meta.json", "coeffs.npz", "explained_variance.png", "summary.json")]
+def _complete(out_dir):
+    files = ("meta.json", "coeffs.npz", "explained_variance.png", "summary.json")
+    return store.exists(os.path.join(out_dir, "state")) and all(
+        os.path.exists(os.path.join(out_dir, f)) for f in files)
 
 
 def run(config, workdir):
     check_config(config)
     out_dir = config_lib.stage_dir(workdir, STAGE)
-    if all(os.path.exists(p) for p in _outputs(out_dir)):
+    if _complete(out_dir):
         logging.info("pca: outputs in %s are complete, nothing to do", out_dir)
         return load(workdir)
     start = time.time()
@@ -143,6 +145,7 @@ def run(config, workdir):
     train = np.array([r["split"] == "train" and r["status"] == "ok" for r in rows])
     require(train.sum() >= 2, f"{zoo_store.zoo_dir(workdir)}/models.csv has {int(train.sum())} "
             "train-split snapshots with status 'ok': the PCA needs at least 2")
+    zoo_store.check_snapshots(workdir, rows)  # now, not after most of the work
     first = rows[int(np.argmax(train))]
     template = zoo_store.load_variables(workdir, first["model_id"], first["snapshot"])
     shapes = fit_lib.leaf_names(template)
@@ -209,7 +212,7 @@ def summarize(p, fits, out, rows, train, seconds):
     for name, start, stop, mode in p.segments:
         f = fits[name]
         params[name] = dict(
-            mode=mode, dim=int(f.mean.shape[0]), k=stop - start, variance=f.variance,
+            mode=mode, dim=int(f.mean.shape[0]), num_components=stop - start, variance=f.variance,
             explained_variance=(float(f.explained[stop - start - 1]) if mode == "pca"
                                 else 1.0 if mode == "centred" else 0.0),
             heldout_energy=captured(name, heldout))
@@ -241,7 +244,7 @@ def plot(path, p, fits):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
-    for name, start, stop, mode in p.segments:
+    for name, _, _, mode in p.segments:
         if mode == "pca":
             ax1.plot(np.arange(1, len(fits[name].explained) + 1), fits[name].explained, lw=0.8)
     ax1.set(xlabel="components", ylabel="cumulative explained variance (train)",
@@ -273,7 +276,7 @@ def load(workdir):
             "--workdir first")
     with open(meta_path) as f:
         meta = json.load(f)
-    state = store.restore(os.path.join(out_dir, "state"))
+    state = store.restore(os.path.join(out_dir, "state"), stage=STAGE)
     segments = tuple((n, int(a), int(b), m) for n, a, b, m in meta["segments"])
     mean, basis = fit_lib.flatten(state["mean"]), fit_lib.flatten(state["basis"])
     basis = {n: basis[n] for n, _, _, m in segments if m == "pca"}

@@ -18,11 +18,11 @@ class Generator:
         self.zoo_config = config_lib.load(workdir, "zoo")
         self.dataset = data.load(self.zoo_config.data)
         self.module = models.build(self.zoo_config.model, self.zoo_config.tasks.k)
-        self.encoder = encoders.dataset_encoder(config_lib.load(workdir, "align"), workdir)
+        self.encoder = encoders.dataset_encoder(config_lib.load(workdir, "align"), workdir, write=False)
         self.aligner = align.load(workdir)
         self.autoencoder = ae.load(workdir)
         self.pca = pca.load(workdir)
-        latents = np.load(f"{workdir}/ae/latents.npz")
+        latents = ae.load_latents(workdir)
         self.latent_std = latents["z"][latents["split"] == "train"].std(0)
         self._decode = jax.jit(jax.vmap(functools.partial(pca.decode, self.pca)))
 

@@ -26,7 +26,8 @@ def parse_classes(text, class_names, task_set):
     if "," in text or not text.replace("-", "").isdigit():
         names = [s.strip() for s in text.split(",")]
         unknown = [n for n in names if n not in class_names]
-        require(not unknown, f"config.classes names {unknown} not in the dataset's classes {list(class_names)}")
+        require(not unknown,
+                f"config.classes names {unknown} not in the dataset's classes {list(class_names)}")
         ids = [class_names.index(n) for n in names]
     else:
         ids = [int(s) for s in text.split("-")]

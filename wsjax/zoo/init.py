@@ -43,5 +43,5 @@ def initializer(config, module, image_shape, workdir):
     path = init_path(workdir)
     if not store.exists(path):
         store.save(path, _fresh_shared(config, module, image_shape, workdir))
-    shared = store.restore(path)
+    shared = store.restore(path, stage="zoo")
     return lambda model_id: shared

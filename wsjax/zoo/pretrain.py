@@ -1,5 +1,6 @@
 """The base network of init scheme 'pretrained': one ResNet-18 (the zoo's width and stem) with a
-head over all dataset classes, trained once on every train image, cached at zoo/base/ (Orbax)."""
+head over all dataset classes, trained once on every train image, cached at zoo/base/ (Orbax) by
+the zoo, or in the folder of a later stage that needs it (the probe encoder: align/base/)."""
 import os
 
 import jax
@@ -18,9 +19,10 @@ def base_path(workdir):
     return os.path.join(zoo_store.zoo_dir(workdir), "base")
 
 
-def base_network(config, workdir):
-    """(module, variables) of the base network for zoo `config`: trained on the first call, then
-    loaded from the cache. `module.apply(variables, x, features=True)` gives penultimate features."""
+def base_network(config, workdir, cache_dir=None):
+    """(module, variables) of the base network for zoo `config`: the zoo's own if it trained one,
+    else trained on the first call and cached under `cache_dir` (the calling stage's folder;
+    default zoo/). `module.apply(variables, x, features=True)` gives penultimate features."""
     p = config.pretrain
     require(p.epochs >= 1, f"config.pretrain.epochs must be >= 1, got {p.epochs}")
     require(p.batch_size >= 1, f"config.pretrain.batch_size must be >= 1, got {p.batch_size}")
@@ -28,6 +30,8 @@ def base_network(config, workdir):
     dataset = data.load(config.data)
     module = models.build(config.model, dataset.num_classes)
     path = base_path(workdir)
+    if cache_dir is not None and not store.exists(path):  # a stage writes only its own folder
+        path = os.path.join(cache_dir, "base")
     if store.exists(path):
         return module, store.restore(path)
     variables = init_lib.random_init(module, dataset.image_shape,

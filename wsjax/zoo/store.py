@@ -92,7 +92,22 @@ def save_snapshots(workdir, model_id, snapshots, root="zoo"):
 
 def load_snapshots(workdir, model_id, root="zoo"):
     """Every snapshot of one model, stacked in step order ([S, ...] leaves, numpy)."""
-    return store.restore(snapshot_path(workdir, model_id, root))
+    return store.restore(snapshot_path(workdir, model_id, root), stage=_stage(root))
+
+
+def _stage(root):
+    """The stage that writes a zoo layout at `root` ('zoo', or 'sample' for 'sample/<request>')."""
+    return root.split("/")[0]
+
+
+def check_snapshots(workdir, rows, root="zoo"):
+    """One sentence naming the models of `rows` whose checkpoint is missing or truncated (and the
+    stage that retrains them), before a reader starts long work over them."""
+    ids = sorted({int(r["model_id"]) for r in rows})
+    damaged = [m for m in ids if not store.exists(snapshot_path(workdir, m, root))]
+    shown = ", ".join(map(str, damaged[:8])) + (f" and {len(damaged) - 8} more" if len(damaged) > 8 else "")
+    require(not damaged, f"{zoo_dir(workdir, root)}/snapshots/ has no complete checkpoint for model "
+            f"{shown}: rerun the '{_stage(root)}' stage with this --workdir (it retrains only those)")
 
 
 @functools.lru_cache(maxsize=8)

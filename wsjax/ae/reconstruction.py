@@ -1,19 +1,21 @@
-"""How well reconstructed held-out networks behave like their originals.
+"""How well reconstructed held-out networks behave like their originals (the ae stage's report).
 
 For each held-out model (final snapshot of the configured splits), the original's logits are
 compared with those of: 'pca' (decode(encode(w))), 'pca+ae' (through the AE), and baselines
 'mean' (the zoo's mean train model) and 'copy' (the nearest train model in PCA coefficient
 space, its stored weights), each also '+recal' (BatchNorm statistics re-estimated on the task's
 train images). Inputs: Gaussian noise and the task's real validation images.
+
+Every split is summarised apart: the AE's checkpoint is selected on val models, so only test
+models score it without bias; `selection` names the split each choice was made on.
 """
-import json
-import os
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
 from wsjax import data, pca
+from wsjax.common import io
 from wsjax.evaluate import metrics
 from wsjax.models import bn, inference
 from wsjax.zoo import store as zoo_store
@@ -21,9 +23,10 @@ from wsjax.zoo import store as zoo_store
 VARIANTS = ("pca+ae", "pca", "copy", "mean")
 
 
-def evaluate(workdir, eval_cfg, *, p, ae, coeffs, rows, dataset, module, seed=0):
-    """dict with, per variant, mean real/noise agreement, cosine, pearson and accuracy, plus
-    per-model rows; `coeffs` and `rows` as pca.load_coeffs and its manifest rows."""
+def evaluate(workdir, eval_cfg, *, p, ae, coeffs, rows, dataset, module, selected_on, seed=0):
+    """dict with, per split of `eval_cfg.splits`, the variants' mean real/noise agreement, cosine,
+    pearson and accuracy; per-model rows; and `selection` (the split each choice was made on,
+    the AE checkpoint's being `selected_on`). `coeffs`, `rows`: pca.load_coeffs and its rows."""
     co = coeffs["coeffs"]
     ok = coeffs["status"] == "ok"
     final = coeffs["snapshot"] == "final"
@@ -68,14 +71,19 @@ def evaluate(workdir, eval_cfg, *, p, ae, coeffs, rows, dataset, module, seed=0)
                 res["accuracy"] = metrics.accuracy(real, yv)
                 out[key] = res
         per_model.append(out)
-    keys = [n + s for n in VARIANTS for s in ("", "+recal")]
-    summary = dict(num_models=len(per_model), splits=list(eval_cfg.splits),
-                   original_accuracy=_mean([m["original_accuracy"] for m in per_model]))
-    for k in keys:
-        summary[k] = {f: _mean([m[k][f] for m in per_model])
-                      for f in (per_model[0][k] if per_model else ())}
-    summary["per_model"] = per_model
-    return summary
+    splits = list(eval_cfg.splits)
+    return dict(splits=splits, **{s: _summary([m for m in per_model if m["split"] == s]) for s in splits},
+                selection=dict(checkpoint=selected_on, copy="train", mean="train", pca="train"),
+                per_model=per_model)
+
+
+def _summary(per_model):
+    """Mean metrics of each variant over `per_model` (one split's models)."""
+    out = dict(num_models=len(per_model),
+               original_accuracy=_mean([m["original_accuracy"] for m in per_model]))
+    for k in (n + s for n in VARIANTS for s in ("", "+recal")):
+        out[k] = {f: _mean([m[k][f] for m in per_model]) for f in (per_model[0][k] if per_model else ())}
+    return out
 
 
 def _mean(xs):
@@ -83,7 +91,7 @@ def _mean(xs):
 
 
 def table(results):
-    """Markdown table of the variants' mean metrics."""
+    """Markdown table of the variants' mean metrics (`results`: one split's summary)."""
     cols = ("real_agreement", "real_cosine", "real_pearson", "accuracy", "noise_agreement",
             "noise_cosine")
     lines = ["| variant | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
@@ -95,43 +103,48 @@ def table(results):
     return "\n".join(lines)
 
 
-def plot(path, results):
+def plot(path, results, split):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     keys = [n + s for n in VARIANTS for s in ("", "+recal")]
+    models = [m for m in results["per_model"] if m["split"] == split]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for ax, field in zip(axes, ("real_agreement", "noise_agreement")):
-        vals = [[m[k][field] for m in results["per_model"]] for k in keys]
-        ax.boxplot(vals, showmeans=True)
+        ax.boxplot([[m[k][field] for m in models] for k in keys], showmeans=True)
         ax.set_xticks(range(1, len(keys) + 1), keys, rotation=30, ha="right")
         ax.axhline(1 / 3, color="0.6", ls="--", lw=0.8)
         ax.set(ylabel=field.replace("_", " "), ylim=(0, 1.02),
-               title=f"{field.split('_')[0]} inputs, {results['num_models']} held-out models")
+               title=f"{field.split('_')[0]} inputs, {len(models)} {split} models")
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=110)
+    io.savefig(fig, path, dpi=110)
     plt.close(fig)
-    os.replace(path + ".tmp.png", path)
 
 
-def write(out_dir, results):
-    """ae/reconstruction.png, ae/report.md, then ae/metrics.json (last: it marks completion)."""
-    if results["per_model"]:
-        plot(os.path.join(out_dir, "reconstruction.png"), results)
-    info = results.get("ae", {})
+def write(paths, results):
+    """The ae stage's plot, report.md, then metrics.json (last: it marks completion); `paths` as
+    `wsjax.ae.paths`. The plot shows the first split with models (test, unless configured)."""
+    shown = next((s for s in results["splits"] if results[s]["num_models"]), None)
+    if shown:
+        plot(paths["plot"], results, shown)
+    sel = results["selection"]
     md = ["# Reconstruction of held-out models", "",
-          f"{results['num_models']} held-out models (final snapshots of splits "
-          f"{', '.join(results['splits'])}); original accuracy {results['original_accuracy']:.3f}. "
-          "Agreement, cosine and Pearson compare each variant's logits with the original's on the "
-          "task's real validation images (real) and Gaussian inputs (noise); +recal: BatchNorm "
-          "statistics re-estimated on the task's train images.", "", table(results), ""]
+          "Final snapshots of held-out models, each split apart. Agreement, cosine and Pearson compare "
+          "each variant's logits with the original's on the task's real validation images (real) and "
+          "Gaussian inputs (noise); +recal: BatchNorm statistics re-estimated on the task's train "
+          f"images. Selections: the AE checkpoint on {sel['checkpoint']} models; PCA, the copy "
+          f"(nearest model) and the mean model on {sel['copy']} models.", ""]
+    for s in results["splits"]:
+        r = results[s]
+        caveat = (" (the AE checkpoint was selected on these: optimistic)" if s == sel["checkpoint"]
+                  else " (never used for any selection)")
+        md += [f"## {s} models{caveat}", "",
+               f"{r['num_models']} models, original accuracy {r['original_accuracy']:.3f}.", "",
+               table(r), ""]
+    info = results.get("ae", {})
     if info:
         md += [f"AE: K={info.get('num_coeffs')} coefficients -> latent {info.get('latent_dim')}, "
-               f"best val loss {info.get('best_val_loss', float('nan')):.4f}, "
+               f"best {sel['checkpoint']} loss {info.get('best_val_loss', float('nan')):.4f}, "
                f"training {info.get('train_seconds', 0):.1f} s.", ""]
-    with open(os.path.join(out_dir, "report.md.tmp"), "w") as f:
-        f.write("\n".join(md))
-    os.replace(os.path.join(out_dir, "report.md.tmp"), os.path.join(out_dir, "report.md"))
-    with open(os.path.join(out_dir, "metrics.json.tmp"), "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(os.path.join(out_dir, "metrics.json.tmp"), os.path.join(out_dir, "metrics.json"))
+    io.write_text(paths["report"], "\n".join(md))
+    io.write_json(paths["metrics"], results)
