@@ -59,4 +59,4 @@ def test_stacked_recalibration_and_scores_match_one_network_at_a_time():
         np.testing.assert_allclose(z[i], zi, rtol=1e-4, atol=1e-5)
         li, ai = inference.scores(zi, labels)
         assert abs(loss[i] - li) < 1e-5 and abs(acc[i] - ai) < 1e-9
-    assert len({round(float(l), 6) for l in loss}) == 3  # three different networks
+    assert len({round(float(v), 6) for v in loss}) == 3  # three different networks

@@ -194,8 +194,8 @@ def evaluate_task(ctx, classes, kind, targets, key):
     scored = score_groups(ctx, groups, prompt)
     for name in tuple(cfg.samplers) + ("copy",):
         _, loss, acc, _ = scored[name]
-        records += [dict(base, sampler=name, target_loss=t, loss=float(l), accuracy=float(a))
-                    for t, l, a in zip(targets, loss, acc)]
+        records += [dict(base, sampler=name, target_loss=t, loss=float(v), accuracy=float(a))
+                    for t, v, a in zip(targets, loss, acc)]
 
     acc = lambda name: float(scored[name][2][0])  # noqa: E731
     at_median = dict(base, accuracy=float(pool_acc[i]), loss=float(pool_loss[i]),

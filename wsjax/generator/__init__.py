@@ -64,7 +64,7 @@ class Conditional:
     def on_path(self, classes, losses):
         """[N, d]: the point of the predicted path where the loss curve meets each request."""
         z, curve = self.path(classes)
-        return np.stack([path_lib.at(z, path_lib.position(curve, np.log(l))) for l in losses])
+        return np.stack([path_lib.at(z, path_lib.position(curve, np.log(v))) for v in losses])
 
     def flow(self, classes, losses, key, num_samples=1):
         """[N * num_samples, d]: flow samples, `num_samples` per requested loss (request-major)."""

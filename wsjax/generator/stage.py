@@ -34,7 +34,8 @@ def check_config(config):
     require(config.latent_dim >= 1, f"config.latent_dim must be >= 1, got {config.latent_dim}")
     require(config.l2 > 0, f"config.l2 must be > 0, got {config.l2}")
     require(config.loss_bumps.num >= 2, f"config.loss_bumps.num must be >= 2, got {config.loss_bumps.num}")
-    require(config.loss_bumps.width > 0, f"config.loss_bumps.width must be > 0, got {config.loss_bumps.width}")
+    require(config.loss_bumps.width > 0,
+            f"config.loss_bumps.width must be > 0, got {config.loss_bumps.width}")
     require(config.cross_fit.folds >= 2, f"config.cross_fit.folds must be >= 2, got {config.cross_fit.folds}")
     for name in ("hidden", "depth", "steps", "batch_size", "sample_steps"):
         require(config.flow[name] >= 1, f"config.flow.{name} must be >= 1, got {config.flow[name]}")
