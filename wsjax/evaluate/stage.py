@@ -19,7 +19,7 @@ import numpy as np
 from scipy import stats
 from tqdm import tqdm
 
-from wsjax import data, generator
+from wsjax import ae, align, data, generator
 from wsjax.common import config as config_lib
 from wsjax.common import io
 from wsjax.common import store as ckpt
@@ -288,8 +288,8 @@ def run(config, workdir):
     results["same_class_set_agreement"] = same_set_agreement(ctx, config.num_held_out_tasks)
     results["targets"] = targets
     results["median_final_loss"] = ctx.median_loss
-    for name in ("ae", "align", "generator"):
-        path = os.path.join(workdir, name, "metrics.json")
+    for name, stage in (("ae", ae), ("align", align), ("generator", generator)):
+        path = stage.paths(workdir)["metrics"]  # each stage's own metrics, beside ours
         if os.path.exists(path):
             results[name] = json.load(open(path))
     io.write_json(os.path.join(out_dir, "records.json"), dict(records=records, at_median=at_median))
