@@ -31,6 +31,7 @@ from wsjax.models import bn, inference
 from wsjax.sample.stage import default_targets
 from wsjax.zoo import init as init_lib
 from wsjax.zoo import step as step_lib
+from wsjax.zoo import train as train_lib
 from wsjax.zoo import store
 
 
@@ -72,11 +73,13 @@ class Context:
     """The zoo, its coefficients and every generator, loaded once."""
 
     def __init__(self, config, workdir):
-        self.config, self.workdir = config, workdir
-        zoo_config = config_lib.load(workdir, "zoo")
+        self.config, self.workdir, self._models = config, workdir, {}
+        zoo_config = self.zoo_config = config_lib.load(workdir, "zoo")
+        step_lib.enable_compile_cache(zoo_config.get("compile_cache", ""))  # the zoo's train step
         self.dataset = data.load(zoo_config.data)
         self.task_set = data.task_set(zoo_config.tasks, self.dataset.num_classes)
         self.rows, self.coeffs = generator_stage.zoo_table(workdir)
+        self._index = store.snapshot_index(store.read_manifest(workdir))
         self.train = [i for i, r in enumerate(self.rows) if r["split"] == "train"]
         self.gen = generator.load(workdir)
         self.module = self.gen.module
@@ -104,8 +107,11 @@ class Context:
         return (stacked,) + inference.scores_stack(z, prompt["val"][1]) + (z,)
 
     def snapshot(self, i):
+        """The variables of row i; each model's stacked checkpoint is read once."""
         r = self.rows[i]
-        return store.load_variables(self.workdir, r["model_id"], r["snapshot"])
+        if r["model_id"] not in self._models:
+            self._models[r["model_id"]] = store.load_snapshots(self.workdir, r["model_id"])
+        return step_lib.unstack(self._models[r["model_id"]], self._index[(r["model_id"], r["snapshot"])])
 
     def copy(self, classes, target):
         """Row index of the copy baseline's snapshot for (classes, target)."""
@@ -126,11 +132,12 @@ def _params_distance(a, b):
 def noisy_copy(variables, norm, key):
     """The copy plus isotropic Gaussian noise of total norm `norm` over its parameters."""
     leaves, treedef = jax.tree_util.tree_flatten(variables["params"])
-    noise = [np.asarray(jax.random.normal(k, x.shape)) for k, x in
-             zip(jax.random.split(key, len(leaves)), leaves)]
-    scale = norm / np.sqrt(sum((n ** 2).sum() for n in noise))
-    params = jax.tree_util.tree_unflatten(treedef, [x + scale * n for x, n in zip(leaves, noise)])
-    return dict(variables, params=params)
+    sizes = [np.size(x) for x in leaves]
+    noise = np.asarray(jax.random.normal(key, (sum(sizes),)))  # one draw: one compiled shape
+    noise = noise * (norm / np.linalg.norm(noise))
+    parts = np.split(noise, np.cumsum(sizes)[:-1])
+    params = [x + n.reshape(np.shape(x)) for x, n in zip(leaves, parts)]
+    return dict(variables, params=jax.tree_util.tree_unflatten(treedef, params))
 
 
 def _stack(trees):
@@ -211,10 +218,13 @@ def evaluate_task(ctx, classes, kind, targets, key):
         starts = dict(sample=sample, copy=step_lib.unstack(scored["copy_median"][0], 0))
         if ctx.random_init is not None:
             starts["shared_init"] = ctx.random_init
-        at_median["finetune"] = {
-            name: finetune.curve(ctx.module, v, prompt["train"], prompt["val"], epochs=f.epochs,
-                                 learning_rate=f.learning_rate, batch_size=f.batch_size, seed=cfg.seed)
-            for name, v in starts.items()}
+        z = ctx.zoo_config
+        strategy = train_lib.resolve_strategy(z)
+        at_median["finetune"] = finetune.curves(
+            ctx.module, starts, ctx.dataset, classes, prompt["val"], epochs=f.epochs,
+            learning_rate=f.learning_rate, batch_size=f.batch_size, seed=cfg.seed,
+            strategy=strategy, slots=1 if strategy == "sequential" else int(z.cohort_size),
+            diverge_loss_factor=float(z.train.diverge_loss_factor))
     return records, at_median
 
 

@@ -16,6 +16,7 @@ from wsjax.common import store
 from wsjax.common.config import require
 from wsjax.generator import features, flow, linear
 from wsjax.generator import path as path_lib
+from wsjax.models import inference
 
 SAMPLERS = ("path", "ridge", "flow")  # plus 'thesis' (align + AE), in wsjax.sample.generate
 
@@ -93,7 +94,7 @@ class Conditional:
 
     def decode_coeffs(self, coeffs):
         """Stacked variables [N, ...] decoded from PCA coefficients [N, K]."""
-        return jax.tree_util.tree_map(np.asarray, self._decode(coeffs))
+        return inference.map_chunks(self._decode, np.asarray(coeffs, np.float32))
 
     def variables(self, z):
         """Stacked variables [N, ...] decoded from latents [N, d]."""

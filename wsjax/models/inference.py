@@ -33,10 +33,11 @@ def loss_accuracy(module, variables, images, labels, batch_size=512):
 
 
 def map_chunks(fn, stacked, chunk=CHUNK):
-    """fn over `stacked` [N, ...] in chunks of min(chunk, N) networks (the last one padded by
-    repeating its last network), results concatenated on the host and trimmed to N."""
+    """fn over `stacked` [N, ...] in chunks of `chunk` networks, or of the power of two >= N when
+    N is smaller (few compiled shapes), the last chunk padded by repeating its last network;
+    results concatenated on the host and trimmed to N."""
     n = len(jax.tree_util.tree_leaves(stacked)[0])
-    size = min(chunk, n)
+    size = min(chunk, 1 << (n - 1).bit_length())
     out = []
     for i in range(0, n, size):
         idx = np.minimum(np.arange(i, i + size), n - 1)
