@@ -3,6 +3,10 @@
 Flags -> config -> STAGES[config.stage].run(config, workdir). Any config field can be
 overridden with `--config.field=value`; `--config.overwrite=True` moves a stage built with other
 settings aside (wsjax.common.contract). Every mistake in the flags stops with one sentence.
+
+Several processes (hosts): the same command on each, plus `--coordinator_address=HOST:PORT
+--num_processes=N --process_id=I` where JAX cannot detect them (on a TPU pod it can: leave them out);
+see wsjax.common.distributed.
 """
 import importlib.util
 import os
@@ -12,6 +16,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from wsjax.common import config as config_lib
+from wsjax.common import distributed
 from wsjax.stages import STAGES, run_stage  # noqa: F401  (re-exported for tests)
 
 DEFAULT_WORKDIR = "workdir"
@@ -19,6 +24,11 @@ DEFAULT_WORKDIR = "workdir"
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file, e.g. configs/ae.py:tiny.")
 _WORKDIR = flags.DEFINE_string(
     "workdir", DEFAULT_WORKDIR, "Where every stage reads its inputs and writes its outputs.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0, for jax.distributed.initialize (unset: "
+    "JAX detects a TPU pod, Slurm or MPI; none: one process).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run (see above).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
 
 
 class ConfigFileParser(flags.ArgumentParser):
@@ -76,6 +86,7 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO: quiet by default
         logging.set_verbosity(logging.WARNING)
     try:
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         run_stage(_CONFIG.value, _WORKDIR.value)
     except config_lib.ConfigError as e:
         sys.exit(f"error: {e}")

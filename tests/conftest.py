@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from configs import zoo as zoo_configs
+from launch.main import run_stage
 from wsjax import data, models
 from wsjax.common import contract
 from wsjax.zoo import store
@@ -54,3 +55,11 @@ def fake_zoo(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("fake_zoo"))
     write_fake_zoo(workdir)
     return workdir
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(tmp_path_factory):
+    """(workdir, manifest rows) of the real tiny zoo, trained once in this process (one device)."""
+    workdir = str(tmp_path_factory.mktemp("zoo"))
+    rows = run_stage(zoo_configs.get_config("tiny"), workdir)
+    return workdir, rows

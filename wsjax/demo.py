@@ -3,7 +3,8 @@
 With one seed (the default) the stages write under `workdir/`; with several (`--config.seeds=
 '(0,1,2)'`) each seed's whole pipeline (zoo draws, held-out class sets, init, every stage's key)
 runs under `workdir/seed_<s>/` and `workdir/metrics.json` + `workdir/report.md` give every
-evaluate metric as mean ± std over seeds.
+evaluate metric as mean ± std over seeds. Under several processes every process runs the demo
+(each stage then runs where wsjax.stages says) and process 0 writes the aggregate.
 """
 import json
 import os
@@ -12,7 +13,7 @@ import time
 import numpy as np
 from absl import logging
 
-from wsjax.common import io
+from wsjax.common import distributed, io
 from wsjax.stages import run_stage, validate
 
 
@@ -105,4 +106,4 @@ def run(config, workdir):
     workdirs = [os.path.join(workdir, f"seed_{s}") for s in seeds]
     for s, w in zip(seeds, workdirs):
         run_pipeline(seeded(config, s), w)
-    return aggregate(workdirs, seeds, workdir)
+    return aggregate(workdirs, seeds, workdir) if distributed.is_primary() else None

@@ -1,11 +1,20 @@
 """The stage registry: `config.stage` -> module exposing `run(config, workdir)`, and `run_stage`,
-which keeps the stage contract (wsjax.common.contract) around every stage's run."""
+which keeps the stage contract (wsjax.common.contract) around every stage's run.
+
+Under several processes (wsjax.common.distributed) the zoo runs on every process, over all their
+devices; the demo runs on every process too, as it only calls `run_stage` for each stage. Every
+other stage is single-process: PCA, AE, align, generator, sample and evaluate fit one host (the
+thesis-size zoo's PCA and AE read a few GB) and the benchmarks measure one host, so they run on
+process 0 while the others wait. Process 0 alone takes the lock and writes the fingerprint.
+"""
+import contextlib
 import errno
 import importlib
 import os
 
 from wsjax.common import config as config_lib
 from wsjax.common import contract
+from wsjax.common import distributed
 
 # Imported lazily: a stage pays only for its own dependencies.
 STAGES = {
@@ -25,6 +34,8 @@ _WORKDIR_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quo
                    errno.EROFS: "the file system is read-only", errno.EACCES: "permission is denied"}
 # A stage's config check is its run module's `check_config(config)`, or the function named here.
 VALIDATORS = {"zoo": ("wsjax.zoo.hparams", "validate")}
+# Stages every process runs under several processes; the others run on process 0 alone.
+MULTI_PROCESS_STAGES = frozenset(("zoo", "demo"))
 
 
 def validate(config):
@@ -44,13 +55,13 @@ def validate(config):
 def run_stage(config, workdir, overwrite=None):
     """validate -> lock workdir/<stage>/ -> fingerprint check -> config.json -> the stage's run.
 
-    `overwrite` (default `config.overwrite`) moves a stage built with other settings aside."""
+    `overwrite` (default `config.overwrite`) moves a stage built with other settings aside.
+    Under several processes: see the module docstring (None on the processes that only wait)."""
     module = validate(config)
     if overwrite is None:
         overwrite = bool(config.get("overwrite", False))
     try:
-        with contract.claim(config.stage, config, workdir, overwrite):
-            return module.run(config, workdir)
+        return _run_claimed(config, workdir, module, overwrite)
     except OSError as e:
         if e.errno not in _WORKDIR_ERRORS:
             raise
@@ -59,3 +70,21 @@ def run_stage(config, workdir, overwrite=None):
             f"cannot write {path}: {_WORKDIR_ERRORS[e.errno]}; expected a writable --workdir with free "
             f"space: make room (or choose another --workdir) and rerun the '{config.stage}' stage, "
             "which resumes where it stopped") from e
+
+
+def _run_claimed(config, workdir, module, overwrite):
+    """module.run inside the contract's claim, on the processes the stage runs on."""
+    claim = lambda: contract.claim(config.stage, config, workdir, overwrite)  # noqa: E731
+    if not distributed.is_multiprocess():
+        with claim():
+            return module.run(config, workdir)
+    if config.stage not in MULTI_PROCESS_STAGES:
+        def run_claimed():
+            with claim():
+                return module.run(config, workdir)
+        return distributed.run_on_primary(f"{config.stage} stage", run_claimed)
+    with contextlib.ExitStack() as stack:  # process 0 holds the lock until every process is done
+        distributed.run_on_primary(f"{config.stage} claim", lambda: stack.enter_context(claim()))
+        result = module.run(config, workdir)
+        distributed.barrier(f"{config.stage} done")
+        return result

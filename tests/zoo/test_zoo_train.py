@@ -47,13 +47,6 @@ def _assert_same_zoo(a, b, exact=True):
         jax.tree_util.tree_map(cmp, w_a[key], w_b[key])
 
 
-@pytest.fixture(scope="module")
-def tiny_zoo(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("zoo"))
-    rows = run_stage(zoo_configs.get_config("tiny"), workdir)
-    return workdir, rows
-
-
 def test_tiny_preset_builds_models_with_a_snapshot_trajectory(tiny_zoo):
     workdir, rows = tiny_zoo
     config = zoo_configs.get_config("tiny")

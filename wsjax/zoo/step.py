@@ -163,10 +163,31 @@ def make_cohort_step(module, tx, strategy, mesh=None, diverge_loss_factor=DIVERG
 
 
 def place(tree, mesh, spec):
-    """device_put `tree` with one PartitionSpec for every leaf (None: default device)."""
+    """Host arrays `tree` (the same on every process) onto `mesh` with one PartitionSpec for every
+    leaf (None: default device); under several processes each process fills only its own devices."""
     if mesh is None or mesh.size == 1:
         return jax.device_put(tree)
-    return jax.device_put(tree, NamedSharding(mesh, spec))
+    sharding = NamedSharding(mesh, spec)
+    if sharding.is_fully_addressable:
+        return jax.device_put(tree, sharding)
+    return jax.tree_util.tree_map(
+        lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda i: np.asarray(x)[i]), tree)
+
+
+def _identity(tree):  # module level: one compiled copy per tree structure (jit caches by function)
+    return tree
+
+
+def to_host(tree):
+    """Numpy copies of `tree`'s arrays. Arrays sharded over other processes' devices are gathered
+    first (one all-gather for the whole tree), so every process holds every model."""
+    global_leaves = [x for x in jax.tree_util.tree_leaves(tree)
+                     if isinstance(x, jax.Array) and not x.is_fully_addressable]
+    if global_leaves:
+        replicated = NamedSharding(global_leaves[0].sharding.mesh, P())
+        tree = jax.tree_util.tree_map(lambda x: x.addressable_data(0),
+                                      jax.jit(_identity, out_shardings=replicated)(tree))
+    return jax.tree_util.tree_map(np.asarray, tree)
 
 
 @functools.lru_cache(maxsize=None)

@@ -9,6 +9,14 @@ host; a model's snapshots are saved together, stacked, when it finishes. At the 
 `checkpoint_every_secs` after the cohort's start or last checkpoint, its train state and the
 snapshots taken so far are checkpointed under zoo/cohorts/<id>/ (deleted when the cohort is
 done): a killed run restarts there (or at the cohort's start) and ends with the same zoo.
+
+Several processes (wsjax.common.distributed): the `models` mesh spans every process's devices and
+each process steps the model slots of its own devices; the host-side bookkeeping (batches,
+snapshots, metrics) is the same on every process, as every process reads the sharded state back
+whole (step.to_host). Every process takes part in each Orbax save of that host data (Orbax writes
+it from process 0 and synchronises the processes); models.csv, log.jsonl and the progress bar are
+process 0's. A cohort's checkpoint is named by its members and slot count, so a rerun on another
+number of devices keeps every finished model and retrains the unfinished cohorts from their init.
 """
 import json
 import os
@@ -23,8 +31,8 @@ from absl import logging
 from tqdm import tqdm
 
 from wsjax import data, models
-from wsjax.common import store
-from wsjax.common.config import ConfigError
+from wsjax.common import distributed, store
+from wsjax.common.config import ConfigError, require
 from wsjax.data.tasks import format_classes, task_indices
 from wsjax.models import inference
 from wsjax.zoo import hparams
@@ -47,9 +55,11 @@ def plan_cohorts(specs, size):
     return [order[i:i + size] for i in range(0, len(order), size)]
 
 
-def cohort_id(members):
+def cohort_id(members, slots):
+    """Names the cohort's checkpoint: its members and its slot count (models per device x
+    devices), which a restored train state must match."""
     ids = [s.model_id for s in members]
-    return f"{ids[0]:05d}_{len(ids)}_{zlib.crc32(str(ids).encode()):08x}"
+    return f"{ids[0]:05d}_{len(ids)}_{zlib.crc32(str(ids).encode()):08x}_{slots}"
 
 
 class _Zoo:
@@ -63,10 +73,11 @@ class _Zoo:
             try:
                 rows = zoo_store.read_manifest(workdir)
             except ConfigError as e:  # rows cannot be trusted: retrain (deterministic) and rewrite
-                aside = f"{path}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
-                os.replace(path, aside)
-                logging.warning("zoo: %s; moved it to %s and retraining its models", e, aside)
-                print(f"zoo: {path} is damaged; moved aside to {aside}, its models are retrained")
+                if distributed.is_primary():  # the others retrain without rows, as process 0 does
+                    aside = f"{path}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+                    os.replace(path, aside)
+                    logging.warning("zoo: %s; moved it to %s and retraining its models", e, aside)
+                    print(f"zoo: {path} is damaged; moved aside to {aside}, its models are retrained")
         self.rows = {}
         for r in rows:
             r["classes"] = format_classes(r["classes"])
@@ -80,7 +91,8 @@ class _Zoo:
         # Snapshots first, then rows: a model in the manifest always has its checkpoint.
         zoo_store.save_snapshots(self.workdir, model_id, snapshots)
         self.rows.update({(r["model_id"], r["snapshot"]): r for r in rows})
-        zoo_store.write_manifest(self.workdir, list(self.rows.values()))
+        if distributed.is_primary():
+            zoo_store.write_manifest(self.workdir, list(self.rows.values()))
 
 
 def _epoch_batches(specs, task_idx, epoch, batch_size, k, num_slots):
@@ -103,6 +115,8 @@ def _epoch_batches(specs, task_idx, epoch, batch_size, k, num_slots):
 
 
 def _log(workdir, line):
+    if not distributed.is_primary():
+        return
     with open(os.path.join(zoo_store.zoo_dir(workdir), "log.jsonl"), "a") as f:
         f.write(json.dumps(line) + "\n")
 
@@ -146,8 +160,8 @@ def _take_due(ctx, members, state, traj, done_steps, steps_per_epoch):
     if not due:
         return
     slots = np.array([m for m, _ in due])
-    variables = {k: jax.tree_util.tree_map(lambda x: np.asarray(x)[slots], state[k])
-                 for k in ("params", "batch_stats")}
+    host = step_lib.to_host({k: state[k] for k in ("params", "batch_stats")})
+    variables = jax.tree_util.tree_map(lambda x: x[slots], host)
     val = [data.task_split(ctx["dataset"], members[m].classes, "val") for m in slots]
     val_loss, val_acc = inference.scores_each(ctx["module"], variables, val)
     # The init (no step taken yet) has no minibatch losses: its loss on (up to) 512 train images.
@@ -172,8 +186,8 @@ def _take_due(ctx, members, state, traj, done_steps, steps_per_epoch):
 
 def _add_losses(traj, pending):
     """Adds minibatch losses ([(loss [K, M] on device, active [K, M])]) to the running sums."""
-    for loss, active in pending:
-        traj["loss_sum"] += (np.asarray(loss) * active).sum(0)
+    for loss, (_, active) in zip(step_lib.to_host([loss for loss, _ in pending]), pending):
+        traj["loss_sum"] += (loss * active).sum(0)
         traj["loss_count"] += active.sum(0)
     pending.clear()
 
@@ -226,16 +240,18 @@ def train_cohort(ctx, members, cid, pbar=None):
                 _take_due(ctx, members, state, traj, done_steps, steps_per_epoch)
         _add_losses(traj, pending)
         dt = time.time() - t0
-        diverged = np.asarray(state["diverged"])
+        diverged = step_lib.to_host(state["diverged"])
         finished = [m for m, s in enumerate(members) if m not in saved
                     and traj["taken"][:len(ctx["schedules"][s.model_id]), m].all()]
         for m in finished:
             _save_model(ctx, members[m], m, traj, bool(diverged[m]))
             saved.add(m)
-        if epoch + 1 < last and time.time() - saved_at >= ctx["checkpoint_every_secs"]:
+        # every process must take part in a save: under several, the cadence is every epoch
+        checkpoint = time.time() - saved_at >= ctx["checkpoint_every_secs"] or distributed.is_multiprocess()
+        if epoch + 1 < last and checkpoint:
             saved_at = time.time()
             manager.save(epoch + 1, args=ocp.args.StandardSave(dict(
-                state=jax.tree_util.tree_map(np.asarray, state), trajectory=traj)))
+                state=step_lib.to_host(state), trajectory=traj)))
             manager.wait_until_finished()
         images = int(batches["active"].sum()) * b
         _log(workdir, dict(cohort=cid, epoch=epoch + 1, models=[s.model_id for s in members],
@@ -244,7 +260,8 @@ def train_cohort(ctx, members, cid, pbar=None):
             pbar.set_postfix(cohort=cid[:9], epoch=f"{epoch + 1}/{last}", img_s=f"{images / dt:.0f}")
             pbar.update(len(finished))
     manager.close()
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if distributed.is_primary():
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
 
 
 def prepare(config, workdir):
@@ -255,6 +272,9 @@ def prepare(config, workdir):
     specs = hparams.sample_specs(config, dataset.num_classes)
     module = models.build(config.model, config.tasks.k)
     num_devices = len(jax.devices()) if config.num_devices == 0 else int(config.num_devices)
+    require(num_devices == len(jax.devices()) or not distributed.is_multiprocess(),
+            f"config.num_devices must be 0 (all {len(jax.devices())} devices) under "
+            f"{jax.process_count()} processes, got {config.num_devices}")
     mesh = step_lib.make_mesh(num_devices) if num_devices > 1 else None
     strategy = resolve_strategy(config)
     os.makedirs(zoo_store.zoo_dir(workdir), exist_ok=True)
@@ -285,16 +305,19 @@ def run(config, workdir):
     done = sum(zoo.done(s, ctx["schedules"][s.model_id]) for s in specs)
     if done == len(specs):
         return zoo_store.read_manifest(workdir)  # nothing to do: leave every file untouched
-    with tqdm(total=len(specs), initial=done, desc="zoo models", unit="model") as pbar:
+    with tqdm(total=len(specs), initial=done, desc="zoo models", unit="model",
+              disable=not distributed.is_primary()) as pbar:
         for cohort in plan_cohorts(specs, size):
             pending = [s for s in cohort if not zoo.done(s, ctx["schedules"][s.model_id])]
             if not pending:
                 continue
             # A killed cohort resumes with its full membership; otherwise train only what is missing.
-            cid = cohort_id(cohort)
+            cid = cohort_id(cohort, ctx["slots"])
             if not os.path.isdir(os.path.join(cohort_root, cid)):
-                cohort, cid = pending, cohort_id(pending)
+                cohort, cid = pending, cohort_id(pending, ctx["slots"])
             train_cohort(ctx, cohort, cid, pbar)
-    shutil.rmtree(cohort_root, ignore_errors=True)
-    zoo_store.write_manifest(workdir, list(zoo.rows.values()))
+    if distributed.is_primary():
+        shutil.rmtree(cohort_root, ignore_errors=True)
+        zoo_store.write_manifest(workdir, list(zoo.rows.values()))
+    distributed.barrier("zoo manifest written")
     return zoo_store.read_manifest(workdir)
