@@ -1,8 +1,9 @@
 """The multi-model train step: a cohort of models stepped together in one jitted call.
 
 A cohort's state is one pytree stacked over models ([M, ...] leaves): params, batch_stats,
-opt_state (one Adam|SGD union state whose hyperparameters are per-model arrays, so
-Adam and SGD models share a cohort and one compiled step) and a `diverged` flag. A batch is host-computed indices into the dataset kept on device:
+opt_state (one Adam|SGD union state whose hyperparameters are per-model arrays, so Adam and SGD
+models share a cohort and one compiled step) and a `diverged` flag. A batch is host-computed
+indices into the dataset kept on device:
 {'idx': [K, M, B], 'label': [K, M, B], 'active': [K, M]} for K steps per call. Inactive models
 (finished, padding) and diverged models keep their state bit for bit. A model diverges at the
 first step whose loss is non-finite or above `diverge_loss_factor` times chance (log classes), or
@@ -62,8 +63,9 @@ def make_optimizer(b1=0.9, b2=0.999, eps=1e-8):
             return -lr * jnp.where(adam, u_adam, mu), mu, nu
 
         out = jax.tree_util.tree_map(one, grads, params, state.mu, state.nu)
-        pick = lambda i: jax.tree_util.tree_map(lambda t: t[i], out,
-                                                is_leaf=lambda t: isinstance(t, tuple))
+        def pick(i):  # the i-th of each leaf's (update, mu, nu)
+            return jax.tree_util.tree_map(lambda t: t[i], out, is_leaf=lambda t: isinstance(t, tuple))
+
         return pick(0), OptState(count, pick(1), pick(2), hp)
 
     return optax.GradientTransformation(init, update)

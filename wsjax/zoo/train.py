@@ -62,7 +62,7 @@ def cohort_id(members, slots):
     return f"{ids[0]:05d}_{len(ids)}_{zlib.crc32(str(ids).encode()):08x}_{slots}"
 
 
-class _Zoo:
+class _ZooOnDisk:
     """What is on disk: manifest rows keyed by (model_id, tag), and which models are complete."""
 
     def __init__(self, workdir):
@@ -95,11 +95,11 @@ class _Zoo:
             zoo_store.write_manifest(self.workdir, list(self.rows.values()))
 
 
-def _epoch_batches(specs, task_idx, epoch, batch_size, k, num_slots):
-    """{'idx','label': [S, M, B], 'active': [S, M]} of one epoch, S a multiple of k; padding
-    models (beyond len(specs)) and models past their max epoch are inactive."""
+def _epoch_batches(specs, task_idx, epoch, batch_size, steps_per_call, num_slots):
+    """{'idx','label': [S, M, B], 'active': [S, M]} of one epoch, S a multiple of steps_per_call;
+    padding models (beyond len(specs)) and models past their max epoch are inactive."""
     steps = [len(task_idx[s.model_id][0]) // batch_size for s in specs]
-    n = -(-max(steps) // k) * k
+    n = -(-max(steps) // steps_per_call) * steps_per_call
     idx = np.zeros((n, num_slots, batch_size), np.int32)
     label = np.zeros((n, num_slots, batch_size), np.int32)
     active = np.zeros((n, num_slots), bool)
@@ -206,7 +206,7 @@ def train_cohort(ctx, members, cid, pbar=None):
     """Trains `members` together from their init or from the cohort checkpoint to their last
     step, taking each model's snapshots as its schedule comes due."""
     config, workdir, zoo = ctx["config"], ctx["workdir"], ctx["zoo"]
-    mesh, k, b = ctx["mesh"], ctx["steps_per_call"], int(config.train.batch_size)
+    mesh, per_call, b = ctx["mesh"], ctx["steps_per_call"], int(config.train.batch_size)
     slots, tx = ctx["slots"], ctx["tx"]
     states = [step_lib.init_model_state(tx, ctx["init"](s.model_id), s.optimizer, s.learning_rate,
                                         s.weight_decay, s.momentum) for s in members]
@@ -227,10 +227,10 @@ def train_cohort(ctx, members, cid, pbar=None):
     last, saved_at = max(s.max_epoch for s in members), time.time()
     for epoch in range(start, last):
         t0 = time.time()
-        batches = _epoch_batches(members, ctx["task_idx"], epoch, b, k, slots)
+        batches = _epoch_batches(members, ctx["task_idx"], epoch, b, per_call, slots)
         pending = []  # minibatch losses not yet added to the running sums
-        for i in range(0, batches["active"].shape[0], k):
-            chunk = {n: a[i:i + k] for n, a in batches.items()}
+        for i in range(0, batches["active"].shape[0], per_call):
+            chunk = {n: a[i:i + per_call] for n, a in batches.items()}
             state, loss = step(state, ctx["x_train"],
                                step_lib.place(chunk, mesh, step_lib.P(None, "models")))
             pending.append((loss, chunk["active"]))
@@ -289,7 +289,7 @@ def prepare(config, workdir):
 def run(config, workdir):
     """Builds (or completes) the zoo under workdir/zoo/; a rerun of a finished zoo is a no-op."""
     ctx = prepare(config, workdir)
-    zoo = ctx["zoo"] = _Zoo(workdir)
+    zoo = ctx["zoo"] = _ZooOnDisk(workdir)
     specs = ctx["specs"]
     ctx["init"] = init_lib.initializer(config, ctx["module"], ctx["dataset"].image_shape, workdir)
     size = 1 if ctx["strategy"] == "sequential" else int(config.cohort_size) * ctx["num_devices"]
