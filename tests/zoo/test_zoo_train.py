@@ -153,17 +153,22 @@ def test_rerun_after_kill_gives_identical_zoo(tiny_zoo, tmp_path, monkeypatch):
     _assert_same_zoo(_weights(tiny_zoo[0]), _weights(str(tmp_path)))
 
 
-def test_deleting_one_models_snapshots_retrains_only_that_model(tiny_zoo, tmp_path, monkeypatch):
-    workdir = str(tmp_path / "w")
-    shutil.copytree(tiny_zoo[0], workdir)
-    shutil.rmtree(zoo_store.snapshot_path(workdir, 4))
+def _assert_rerun_retrains_only(model_id, reference, workdir, monkeypatch):
+    """A zoo rerun on `workdir` trains one cohort, of `model_id` alone, and ends equal to `reference`."""
     trained = []
     real = train_lib.train_cohort
     monkeypatch.setattr(train_lib, "train_cohort",
                         lambda ctx, members, *a: trained.append(members) or real(ctx, members, *a))
     run_stage(zoo_configs.get_config("tiny"), workdir)
-    assert [[s.model_id for s in c] for c in trained] == [[4]]
-    _assert_same_zoo(_weights(tiny_zoo[0]), _weights(workdir), exact=False)
+    assert [[s.model_id for s in c] for c in trained] == [[model_id]]
+    _assert_same_zoo(_weights(reference), _weights(workdir), exact=False)
+
+
+def test_deleting_one_models_snapshots_retrains_only_that_model(tiny_zoo, tmp_path, monkeypatch):
+    workdir = str(tmp_path / "w")
+    shutil.copytree(tiny_zoo[0], workdir)
+    shutil.rmtree(zoo_store.snapshot_path(workdir, 4))
+    _assert_rerun_retrains_only(4, tiny_zoo[0], workdir, monkeypatch)
 
 
 def test_truncated_snapshot_stops_pca_naming_the_zoo_and_a_zoo_rerun_retrains_it(
@@ -178,13 +183,7 @@ def test_truncated_snapshot_stops_pca_naming_the_zoo_and_a_zoo_rerun_retrains_it
     monkeypatch.setattr(pca_stage, "read_leaves", lambda *a, **k: pytest.fail("PCA started work"))
     with pytest.raises(ConfigError, match=r"no complete checkpoint for model 4: rerun the 'zoo' stage"):
         run_stage(pca_configs.get_config("tiny"), workdir)
-    trained = []
-    real = train_lib.train_cohort
-    monkeypatch.setattr(train_lib, "train_cohort",
-                        lambda ctx, members, *a: trained.append(members) or real(ctx, members, *a))
-    run_stage(zoo_configs.get_config("tiny"), workdir)
-    assert [[s.model_id for s in c] for c in trained] == [[4]]
-    _assert_same_zoo(_weights(tiny_zoo[0]), _weights(workdir), exact=False)
+    _assert_rerun_retrains_only(4, tiny_zoo[0], workdir, monkeypatch)
 
 
 def test_damaged_manifest_is_moved_aside_and_its_models_retrained(tiny_zoo, tmp_path, monkeypatch):
