@@ -185,7 +185,7 @@ def evaluate_task(ctx, classes, kind, targets, key):
                 [classes] * len(targets), targets, [ctx.median_accuracy] * len(targets)))
         else:
             groups[sampler] = ctx.gen.variables(ctx.gen.latents(sampler, classes, targets, k_flow))
-    groups["copy"] = _stack([_single(ctx.snapshot(ctx.copy(classes, t))) for t in targets])
+    groups["copy"] = step_lib.stack([ctx.snapshot(ctx.copy(classes, t)) for t in targets])
     # at the zoo's median final loss: the default sampler against every baseline
     i = int(select.nearest(expected, [median])[0])
     sample = step_lib.unstack(pool, i)
@@ -238,7 +238,7 @@ def same_set_agreement(ctx, max_sets):
     for classes, idx in list((c, v) for c, v in by_set.items() if len(v) >= 2)[:max_sets]:
         x_train, y_train = select.prompt_images(ctx.dataset, classes, ctx.config.seed)
         prompt = dict(train=(x_train, y_train), val=data.task_split(ctx.dataset, classes, "val"))
-        z = ctx.scores(_stack([_single(ctx.snapshot(i)) for i in idx[:2]]), prompt)[3]
+        z = ctx.scores(step_lib.stack([ctx.snapshot(i) for i in idx[:2]]), prompt)[3]
         out.append(metrics.logit_metrics(z[0], z[1])["agreement"])
     return float(np.mean(out)) if out else float("nan")
 
