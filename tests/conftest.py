@@ -10,7 +10,7 @@ from configs import zoo as zoo_configs
 from launch.main import run_stage
 from wsjax import data, models
 from wsjax.common import contract
-from wsjax.zoo import store
+from wsjax.zoo import snapshots
 
 
 def write_fake_zoo(workdir, num_models=12, rank=3, seed=0):
@@ -29,7 +29,7 @@ def write_fake_zoo(workdir, num_models=12, rank=3, seed=0):
     rows = []
     for m in range(num_models):
         coef = rng.normal(size=rank).astype(np.float32)
-        snapshots = []
+        trees = []
         for tag, epoch, scale in (("early", 1, 0.5), ("final", 2, 1.0)):
             variables = jax.tree_util.tree_map(
                 lambda x, *ds: np.asarray(x) + scale * sum(c * d for c, d in zip(coef, ds)),
@@ -37,15 +37,15 @@ def write_fake_zoo(workdir, num_models=12, rank=3, seed=0):
             variables["batch_stats"] = jax.tree_util.tree_map_with_path(  # variances stay > 0
                 lambda path, x: np.abs(x) + 0.1 if path[-1].key == "var" else x,
                 variables["batch_stats"])
-            snapshots.append(variables)
+            trees.append(variables)
             rows.append(dict(
                 model_id=m, snapshot=tag, step=10 * epoch, epoch=epoch, max_epoch=2,
                 classes=data.tasks.format_classes(tasks[m]), split=splits[m], status="ok",
                 optimizer="adam", learning_rate=1e-3, weight_decay=0.0, momentum=0.0,
                 batch_size=64, init="shared", init_seed=0, seed=m,
                 train_loss=1.0 / scale, val_loss=1.1 / scale, val_accuracy=0.5 * scale))
-        store.save_snapshots(workdir, m, snapshots)
-    store.write_manifest(workdir, rows)
+        snapshots.save_snapshots(workdir, m, trees)
+    snapshots.write_manifest(workdir, rows)
     return config
 
 

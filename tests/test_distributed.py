@@ -9,7 +9,7 @@ import sys
 import jax
 import numpy as np
 
-from wsjax.zoo import store as zoo_store
+from wsjax.zoo import snapshots
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 900  # a cold XLA cache compiles the ResNet step for minutes on 2 busy cores
@@ -44,8 +44,8 @@ def launch_processes(workdir, num_processes=2, *overrides):
 
 
 def _zoo(workdir):
-    rows = zoo_store.read_manifest(workdir)
-    return rows, {m: zoo_store.load_snapshots(workdir, m) for m in sorted({r["model_id"] for r in rows})}
+    rows = snapshots.read_manifest(workdir)
+    return rows, {m: snapshots.load_snapshots(workdir, m) for m in sorted({r["model_id"] for r in rows})}
 
 
 def test_two_processes_build_the_same_zoo_as_one_process(tiny_zoo, tmp_path):

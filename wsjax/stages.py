@@ -18,10 +18,10 @@ from wsjax.common import distributed
 
 # Imported lazily: a stage pays only for its own dependencies.
 STAGES = {
-    "zoo": "wsjax.zoo.train",
+    "zoo": "wsjax.zoo.stage",
     "pca": "wsjax.pca.stage",
-    "ae": "wsjax.ae.train",
-    "align": "wsjax.align.train",
+    "ae": "wsjax.ae.stage",
+    "align": "wsjax.align.stage",
     "generator": "wsjax.generator.stage",
     "sample": "wsjax.sample.stage",
     "evaluate": "wsjax.evaluate.stage",

@@ -12,10 +12,10 @@ from configs import ae as ae_configs
 from configs import pca as pca_configs
 from wsjax import ae, models, pca, stages
 from wsjax.ae import losses
-from wsjax.ae import train as ae_train
+from wsjax.ae import stage as ae_stage
 from wsjax.common import config as config_lib
 from wsjax.common import io
-from wsjax.zoo import store as zoo_store
+from wsjax.zoo import snapshots
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_behaviour_loss_gradient_is_finite_and_steps_lower_it(pca_workdir):
     zc = config_lib.load(pca_workdir, "zoo")
     net = models.build(zc.model, zc.tasks.k)
     probes = jax.random.normal(jax.random.key(0), (2, 8, 12, 12, 1))
-    targets = jnp.stack([net.apply(zoo_store.load_variables(pca_workdir, int(m), "final"), x)
+    targets = jnp.stack([net.apply(snapshots.load_variables(pca_workdir, int(m), "final"), x)
                          for m, x in zip(co["model_id"][[1, 3]], probes)])
     coeffs = jnp.asarray(co["coeffs"][[1, 3]]) + 0.5 * jnp.asarray(co["coeffs"].std(0))
 
@@ -140,7 +140,7 @@ def test_rerun_after_kill_gives_identical_final_state(pca_workdir, tmp_path, mon
 def test_presets_are_consistent_and_bad_fields_are_named():
     for preset in ("tiny", None, "imagenet"):
         c = ae_configs.get_config(preset)
-        ae_train.check_config(c)
+        ae_stage.check_config(c)
         assert c.stage == "ae" and c.loss.behaviour_models <= c.train.batch_size
         assert c.train.warmup_steps < c.train.steps and c.train.checkpoint_every <= c.train.steps
     big = ae_configs.get_config("imagenet")
@@ -150,7 +150,7 @@ def test_presets_are_consistent_and_bad_fields_are_named():
     c = ae_configs.get_config("tiny")
     c.model.latent_dim = 0
     with pytest.raises(config_lib.ConfigError, match="config.model.latent_dim"):
-        ae_train.check_config(c)
+        ae_stage.check_config(c)
 
 
 def test_missing_pca_is_one_clear_error(fake_zoo, tmp_path):

@@ -14,12 +14,12 @@ from configs import align as align_configs
 from configs import pca as pca_configs
 from wsjax import align, encoders
 from wsjax.align import losses
-from wsjax.align import train as align_train
+from wsjax.align import stage as align_stage
 from wsjax.common import config as config_lib
 from wsjax.common import contract
-from wsjax.common import store
+from wsjax.common import checkpoints
 from wsjax.stages import run_stage
-from wsjax.zoo import store as zoo_store
+from wsjax.zoo import snapshots
 
 
 def _np_log_softmax(x, axis):
@@ -77,7 +77,7 @@ def test_retrieval_top1_counts_own_key_and_same_group_keys():
 
 def _fake_latents(workdir, dim=6, seed=0):
     """ae/latents.npz whose z is a fixed function of the task and validation loss (+ noise)."""
-    rows = zoo_store.read_manifest(workdir)
+    rows = snapshots.read_manifest(workdir)
     rng = np.random.default_rng(seed)
     class_dirs, loss_dir = rng.normal(size=(10, dim)), rng.normal(size=dim)
     z = np.stack([class_dirs[list(r["classes"])].sum(0) + r["val_loss"] * loss_dir
@@ -134,10 +134,10 @@ def test_killed_align_run_resumes_to_the_same_params(fake_ae, tmp_path):
     run_stage(config, full)
     killed = _copy(fake_ae, tmp_path, "killed")
     config_lib.save(config, killed, "align")
-    assert align_train.train(config, killed, stop_at=config.checkpoint_every + 3) is None  # killed mid-run
+    assert align_stage.train(config, killed, stop_at=config.checkpoint_every + 3) is None  # killed mid-run
     run_stage(config, killed)
-    p_full = store.restore(os.path.join(full, "align", "params"))
-    p_killed = store.restore(os.path.join(killed, "align", "params"))
+    p_full = checkpoints.restore(os.path.join(full, "align", "params"))
+    p_killed = checkpoints.restore(os.path.join(killed, "align", "params"))
     for x, y in zip(jax.tree_util.tree_leaves(p_full), jax.tree_util.tree_leaves(p_killed)):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
     steps = [json.loads(line)["step"] for line in open(os.path.join(killed, "align", "log.jsonl"))]
@@ -148,14 +148,14 @@ def test_missing_latents_is_a_clear_error(fake_zoo, tmp_path):
     workdir = str(tmp_path / "w")
     shutil.copytree(fake_zoo, workdir, ignore=shutil.ignore_patterns("ae"))
     with pytest.raises(config_lib.ConfigError, match="latents.npz not found"):
-        align_train.train(align_configs.get_config("tiny"), workdir)
+        align_stage.train(align_configs.get_config("tiny"), workdir)
 
 
 def test_bad_loss_name_is_a_clear_error():
     config = align_configs.get_config("tiny")
     config.loss = "triplet"
     with pytest.raises(config_lib.ConfigError, match="config.loss must be one of"):
-        align_train.check_config(config)
+        align_stage.check_config(config)
 
 
 def test_imagenet_preset_is_the_thesis_setup():
@@ -165,9 +165,9 @@ def test_imagenet_preset_is_the_thesis_setup():
     assert len(c.encoder.clip_mean) == len(c.encoder.clip_std) == 3
     assert c.batch_size <= c.retrieval_batch and c.warmup_steps < c.num_steps
     assert c.checkpoint_every <= c.num_steps and c.eval_every <= c.num_steps
-    align_train.check_config(c)
+    align_stage.check_config(c)
     for preset in ("tiny", None):
-        align_train.check_config(align_configs.get_config(preset))
+        align_stage.check_config(align_configs.get_config(preset))
     with pytest.raises(ValueError):
         align_configs.get_config("huge")
 

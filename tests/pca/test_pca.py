@@ -17,7 +17,7 @@ from wsjax.common.config import ConfigError
 from wsjax.pca import fit as fit_lib
 from wsjax.pca import rsvd
 from wsjax.pca import stage as pca_stage
-from wsjax.zoo import store as zoo_store
+from wsjax.zoo import snapshots
 
 
 def _pca_cfg(**kw):
@@ -125,8 +125,8 @@ def test_streamed_fit_equals_in_memory_fit(zoo_copy):
     config.pca.solver = "rsvd"                 # the randomized path must not depend on blocking
     streamed = run_stage(config, zoo_copy)
     assert len(json.load(open(os.path.join(zoo_copy, "pca/blocks/plan.json")))["blocks"]) >= 5
-    rows = zoo_store.read_manifest(zoo_copy)
-    variables = [zoo_store.load_variables(zoo_copy, r["model_id"], r["snapshot"]) for r in rows]
+    rows = snapshots.read_manifest(zoo_copy)
+    variables = [snapshots.load_variables(zoo_copy, r["model_id"], r["snapshot"]) for r in rows]
     train = [v for v, r in zip(variables, rows) if r["split"] == "train"]
     in_memory, _ = _fit_in_memory(train, config.pca, config.seed)
     assert streamed.segments == in_memory.segments
@@ -140,8 +140,8 @@ def test_streamed_fit_equals_in_memory_fit(zoo_copy):
 
 def test_decode_is_differentiable_through_the_resnet(fake_zoo):
     workdir = fake_zoo
-    rows = zoo_store.read_manifest(workdir)
-    variables = [zoo_store.load_variables(workdir, r["model_id"], r["snapshot"])
+    rows = snapshots.read_manifest(workdir)
+    variables = [snapshots.load_variables(workdir, r["model_id"], r["snapshot"])
                  for r in rows if r["split"] == "train"]
     p, _ = _fit_in_memory(variables, pca_configs.get_config("tiny").pca)
     zoo_cfg = zoo_configs.get_config("tiny")
@@ -169,10 +169,10 @@ def test_stage_writes_every_output_and_rerun_is_a_noop(zoo_copy):
     assert summary["totals"]["heldout_energy"] > 0.99   # fake zoo: rank-3 deltas
     assert set(summary["params"]) == {n for n, *_ in p.segments}
     c = pca.load_coeffs(zoo_copy)
-    rows = zoo_store.read_manifest(zoo_copy)
+    rows = snapshots.read_manifest(zoo_copy)
     assert c["coeffs"].shape == (len(rows), p.num_coeffs)
     assert list(c["split"]) == [r["split"] for r in rows]
-    np.testing.assert_allclose(pca.encode(pca.load(zoo_copy), zoo_store.load_variables(
+    np.testing.assert_allclose(pca.encode(pca.load(zoo_copy), snapshots.load_variables(
         zoo_copy, rows[0]["model_id"], rows[0]["snapshot"])), c["coeffs"][0], atol=1e-4)
     def stamps():  # the lock records each run's holder; nothing else may change
         return {f: os.path.getmtime(os.path.join(out, f)) for f in os.listdir(out) if f != ".lock"}
@@ -223,13 +223,13 @@ def test_missing_zoo_is_a_clear_error(tmp_path):
 
 def test_imagenet_preset_is_consistent_with_the_imagenet_zoo():
     config, zoo = pca_configs.get_config("imagenet"), zoo_configs.get_config("imagenet")
-    snapshots = 2 * zoo.num_models
+    num_snapshots = 2 * zoo.num_models
     train = 2 * (zoo.num_models - zoo.model_splits.val - zoo.model_splits.test)
     module = models.build(zoo.model, zoo.tasks.k)
     shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
     largest = max(int(np.prod(s)) for _, s in fit_lib.leaf_names(shapes))
     assert largest == 3 * 3 * 512 * 512
-    assert config.pca.block_bytes >= 4 * snapshots * largest   # every leaf fits one block
+    assert config.pca.block_bytes >= 4 * num_snapshots * largest   # every leaf fits one block
     assert config.pca.max_components < train                   # the cap, not the rank, binds
     assert config.pca.dim_limit < largest
     pca_stage.check_config(config)

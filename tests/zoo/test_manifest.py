@@ -4,7 +4,7 @@ import os
 import pytest
 
 from wsjax.common.config import ConfigError
-from wsjax.zoo import store as zoo_store
+from wsjax.zoo import snapshots
 
 ROW = dict(model_id=0, snapshot="final", step=2, epoch=2, max_epoch=2, classes="0-1-2", split="train",
            status="ok", optimizer="adam", learning_rate=1e-3, weight_decay=0.0, momentum=0.0,
@@ -15,10 +15,10 @@ ROW = dict(model_id=0, snapshot="final", step=2, epoch=2, max_epoch=2, classes="
 @pytest.fixture
 def manifest(tmp_path):
     workdir = str(tmp_path)
-    os.makedirs(zoo_store.zoo_dir(workdir))
-    zoo_store.write_manifest(workdir, [dict(ROW, model_id=m, snapshot=s, step=e, epoch=e)
+    os.makedirs(snapshots.zoo_dir(workdir))
+    snapshots.write_manifest(workdir, [dict(ROW, model_id=m, snapshot=s, step=e, epoch=e)
                                        for m in range(3) for s, e in (("early", 1), ("final", 2))])
-    return workdir, os.path.join(zoo_store.zoo_dir(workdir), "models.csv")
+    return workdir, os.path.join(snapshots.zoo_dir(workdir), "models.csv")
 
 
 def _edit(path, edit):
@@ -29,13 +29,13 @@ def _edit(path, edit):
 
 
 def test_an_intact_manifest_reads_with_types(manifest):
-    rows = zoo_store.read_manifest(manifest[0])
+    rows = snapshots.read_manifest(manifest[0])
     assert len(rows) == 6 and rows[0]["classes"] == (0, 1, 2) and rows[0]["val_loss"] == 1.1
 
 
 @pytest.mark.parametrize("edit,expected", [
     (lambda ls: ls[:3] + ["garbage"] + ls[3:],
-     rf"line 4 does not have the {len(zoo_store.MANIFEST_FIELDS)} fields"),
+     rf"line 4 does not have the {len(snapshots.MANIFEST_FIELDS)} fields"),
     (lambda ls: ls[:2] + [ls[2].replace("0.001", "fast")] + ls[3:],
      r"line 3: learning_rate must be a number, got 'fast'"),
     (lambda ls: ls[:5] + [ls[5].replace("0-1-2", "a-b-c")] + ls[6:],
@@ -48,5 +48,5 @@ def test_a_damaged_manifest_is_one_sentence_naming_file_and_line(manifest, edit,
     workdir, path = manifest
     _edit(path, edit)
     with pytest.raises(ConfigError, match=expected) as e:
-        zoo_store.read_manifest(workdir)
+        snapshots.read_manifest(workdir)
     assert str(e.value).startswith(path) and "\n" not in str(e.value)

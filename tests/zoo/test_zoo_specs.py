@@ -8,11 +8,11 @@ import pytest
 
 from configs import zoo as zoo_configs
 from wsjax import data, models
-from wsjax.common import store
+from wsjax.common import checkpoints
 from wsjax.common.config import ConfigError
 from wsjax.zoo import hparams
 from wsjax.zoo import init as init_lib
-from wsjax.zoo import store as zoo_store
+from wsjax.zoo import snapshots
 
 
 def test_resnet18_at_width_64_has_torchvision_parameter_count():
@@ -130,15 +130,15 @@ def test_snapshot_schedules_thesis_and_log_steps():
 
 def test_missing_or_corrupt_snapshot_is_one_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="missing"):
-        zoo_store.load_snapshots(str(tmp_path), 3)
-    path = zoo_store.snapshot_path(str(tmp_path), 3)
-    zoo_store.save_snapshots(str(tmp_path), 3, [{"params": {"w": np.ones(3)}, "batch_stats": {}}])
+        snapshots.load_snapshots(str(tmp_path), 3)
+    path = snapshots.snapshot_path(str(tmp_path), 3)
+    snapshots.save_snapshots(str(tmp_path), 3, [{"params": {"w": np.ones(3)}, "batch_stats": {}}])
     import glob
     for f in glob.glob(os.path.join(path, "**", "*"), recursive=True):
         if os.path.isfile(f) and "METADATA" not in f:
             open(f, "wb").write(b"garbage")
     with pytest.raises(ConfigError, match="corrupt|missing"):
-        zoo_store.load_snapshots(str(tmp_path), 3)
+        snapshots.load_snapshots(str(tmp_path), 3)
 
 
 def _data_files(checkpoint):
@@ -161,15 +161,15 @@ def _truncate(file):
 def test_a_damaged_snapshot_counts_as_missing_and_names_the_zoo_stage(tmp_path, damage):
     workdir = str(tmp_path)
     rng = np.random.default_rng(0)  # random values: large enough to live outside the index
-    zoo_store.save_snapshots(workdir, 3, [{"params": {"w": rng.normal(size=(64, 64))},
+    snapshots.save_snapshots(workdir, 3, [{"params": {"w": rng.normal(size=(64, 64))},
                                            "batch_stats": {"v": rng.normal(size=(300,))}}])
-    path = zoo_store.snapshot_path(workdir, 3)
-    assert store.exists(path)
+    path = snapshots.snapshot_path(workdir, 3)
+    assert checkpoints.exists(path)
     damage(path)
     assert os.path.exists(os.path.join(path, "_CHECKPOINT_METADATA"))  # Orbax's marker alone
-    assert not store.exists(path)
+    assert not checkpoints.exists(path)
     with pytest.raises(ConfigError, match=r"00003 is missing or incomplete: rerun the 'zoo' stage"):
-        zoo_store.load_snapshots(workdir, 3)
+        snapshots.load_snapshots(workdir, 3)
     rows = [dict(model_id=3)]
     with pytest.raises(ConfigError, match=r"no complete checkpoint for model 3: rerun the 'zoo' stage"):
-        zoo_store.check_snapshots(workdir, rows)
+        snapshots.check_snapshots(workdir, rows)

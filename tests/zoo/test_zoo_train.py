@@ -17,15 +17,15 @@ from wsjax.pca import stage as pca_stage
 from wsjax.zoo import init as init_lib
 from wsjax.zoo import pretrain
 from wsjax.zoo import step as step_lib
-from wsjax.zoo import store as zoo_store
-from wsjax.zoo import train as train_lib
+from wsjax.zoo import snapshots
+from wsjax.zoo import stage as zoo_stage
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _weights(workdir):
-    rows = zoo_store.read_manifest(workdir)
-    return rows, {(r["model_id"], r["snapshot"]): zoo_store.load_variables(workdir, r["model_id"],
+    rows = snapshots.read_manifest(workdir)
+    return rows, {(r["model_id"], r["snapshot"]): snapshots.load_variables(workdir, r["model_id"],
                                                                             r["snapshot"])
                   for r in rows}
 
@@ -35,7 +35,7 @@ def _assert_same_zoo(a, b, exact=True):
     rows_b, w_b = b
     assert len(rows_a) == len(rows_b)
     for ra, rb in zip(rows_a, rows_b):
-        for k in zoo_store.MANIFEST_FIELDS:
+        for k in snapshots.MANIFEST_FIELDS:
             if exact or not isinstance(ra[k], float):
                 assert ra[k] == rb[k], k
             else:
@@ -63,11 +63,11 @@ def test_tiny_preset_builds_models_with_a_snapshot_trajectory(tiny_zoo):
     assert np.mean([r["val_accuracy"] for r in finals]) > 0.5  # 3 classes: chance is 1/3
     # the trajectory spans chance to trained: what loss conditioning needs
     assert np.mean([r["val_loss"] for r in init]) > 1.0 > 0.6 > np.mean([r["val_loss"] for r in finals])
-    stacked = zoo_store.load_snapshots(workdir, 0)  # one checkpoint per model, snapshots stacked
+    stacked = snapshots.load_snapshots(workdir, 0)  # one checkpoint per model, snapshots stacked
     assert stacked["params"]["conv1"]["kernel"].shape[0] == len(steps) + 1
     assert not os.path.exists(os.path.join(workdir, "zoo", "cohorts"))
     assert os.path.getsize(os.path.join(workdir, "zoo", "log.jsonl")) > 0
-    module, variables, row = zoo_store.load_model(workdir, 0, "final")
+    module, variables, row = snapshots.load_model(workdir, 0, "final")
     assert row["model_id"] == 0 and "batch_stats" in variables
 
 
@@ -129,13 +129,13 @@ def test_diverging_model_is_frozen_and_does_not_disturb_the_other():
 
 def test_rerun_of_a_finished_zoo_is_a_no_op(tiny_zoo, monkeypatch):
     workdir, rows = tiny_zoo
-    monkeypatch.setattr(train_lib, "train_cohort", lambda *a, **k: pytest.fail("retrained"))
+    monkeypatch.setattr(zoo_stage, "train_cohort", lambda *a, **k: pytest.fail("retrained"))
     assert run_stage(zoo_configs.get_config("tiny"), workdir) == rows
 
 
 def test_rerun_after_kill_gives_identical_zoo(tiny_zoo, tmp_path, monkeypatch):
     calls = []
-    real_log = train_lib._log
+    real_log = zoo_stage._log
 
     def killing_log(workdir, line):
         real_log(workdir, line)
@@ -145,10 +145,10 @@ def test_rerun_after_kill_gives_identical_zoo(tiny_zoo, tmp_path, monkeypatch):
 
     config = zoo_configs.get_config("tiny")
     config.checkpoint_every_secs = 0.0  # every epoch end: the kill lands after a checkpoint
-    monkeypatch.setattr(train_lib, "_log", killing_log)
+    monkeypatch.setattr(zoo_stage, "_log", killing_log)
     with pytest.raises(KeyboardInterrupt):
         run_stage(config, str(tmp_path))
-    monkeypatch.setattr(train_lib, "_log", real_log)
+    monkeypatch.setattr(zoo_stage, "_log", real_log)
     run_stage(config, str(tmp_path))
     _assert_same_zoo(_weights(tiny_zoo[0]), _weights(str(tmp_path)))
 
@@ -156,8 +156,8 @@ def test_rerun_after_kill_gives_identical_zoo(tiny_zoo, tmp_path, monkeypatch):
 def _assert_rerun_retrains_only(model_id, reference, workdir, monkeypatch):
     """A zoo rerun on `workdir` trains one cohort, of `model_id` alone, and ends equal to `reference`."""
     trained = []
-    real = train_lib.train_cohort
-    monkeypatch.setattr(train_lib, "train_cohort",
+    real = zoo_stage.train_cohort
+    monkeypatch.setattr(zoo_stage, "train_cohort",
                         lambda ctx, members, *a: trained.append(members) or real(ctx, members, *a))
     run_stage(zoo_configs.get_config("tiny"), workdir)
     assert [[s.model_id for s in c] for c in trained] == [[model_id]]
@@ -167,7 +167,7 @@ def _assert_rerun_retrains_only(model_id, reference, workdir, monkeypatch):
 def test_deleting_one_models_snapshots_retrains_only_that_model(tiny_zoo, tmp_path, monkeypatch):
     workdir = str(tmp_path / "w")
     shutil.copytree(tiny_zoo[0], workdir)
-    shutil.rmtree(zoo_store.snapshot_path(workdir, 4))
+    shutil.rmtree(snapshots.snapshot_path(workdir, 4))
     _assert_rerun_retrains_only(4, tiny_zoo[0], workdir, monkeypatch)
 
 
@@ -175,7 +175,7 @@ def test_truncated_snapshot_stops_pca_naming_the_zoo_and_a_zoo_rerun_retrains_it
         tiny_zoo, tmp_path, monkeypatch):
     workdir = str(tmp_path / "w")
     shutil.copytree(tiny_zoo[0], workdir)
-    path = zoo_store.snapshot_path(workdir, 4)
+    path = snapshots.snapshot_path(workdir, 4)
     data_files = [os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs if os.path.basename(r) == "d"]
     victim = max(data_files, key=os.path.getsize)
     with open(victim, "r+b") as f:  # a copy cut short: Orbax's commit marker is still there
@@ -193,9 +193,9 @@ def test_damaged_manifest_is_moved_aside_and_its_models_retrained(tiny_zoo, tmp_
     with open(path, "a") as f:
         f.write("garbage,line\n")
     with pytest.raises(ConfigError, match="line"):
-        zoo_store.read_manifest(workdir)
+        snapshots.read_manifest(workdir)
     trained = []
-    monkeypatch.setattr(train_lib, "train_cohort", lambda ctx, members, *a: trained.extend(members))
+    monkeypatch.setattr(zoo_stage, "train_cohort", lambda ctx, members, *a: trained.extend(members))
     run_stage(zoo_configs.get_config("tiny"), workdir)
     assert sorted(s.model_id for s in trained) == list(range(zoo_configs.get_config("tiny").num_models))
     assert [f for f in os.listdir(os.path.dirname(path)) if f.startswith("models.csv.damaged-")]
@@ -204,7 +204,7 @@ def test_damaged_manifest_is_moved_aside_and_its_models_retrained(tiny_zoo, tmp_
 def test_corrupt_cohort_checkpoint_is_one_clear_error(tmp_path, monkeypatch):
     config = zoo_configs.get_config("tiny")
     config.checkpoint_every_secs = 0.0
-    calls, real_log = [], train_lib._log
+    calls, real_log = [], zoo_stage._log
 
     def killing_log(*a):  # the first cohort lasts 2 epochs: killed after its epoch-1 checkpoint
         real_log(*a)
@@ -212,7 +212,7 @@ def test_corrupt_cohort_checkpoint_is_one_clear_error(tmp_path, monkeypatch):
         if len(calls) == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_lib, "_log", killing_log)
+    monkeypatch.setattr(zoo_stage, "_log", killing_log)
     with pytest.raises(KeyboardInterrupt):
         run_stage(config, str(tmp_path))
     monkeypatch.undo()

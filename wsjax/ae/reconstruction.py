@@ -18,7 +18,7 @@ from wsjax import data, pca
 from wsjax.common import io
 from wsjax.evaluate import metrics
 from wsjax.models import bn, inference
-from wsjax.zoo import store as zoo_store
+from wsjax.zoo import snapshots
 
 VARIANTS = ("pca+ae", "pca", "copy", "mean")
 
@@ -48,10 +48,10 @@ def evaluate(workdir, eval_cfg, *, p, ae, coeffs, rows, dataset, module, selecte
         nets = {
             "pca+ae": pca.decode(p, recon[n]),
             "pca": pca.decode(p, co[i]),
-            "copy": zoo_store.load_variables(workdir, rows[near]["model_id"], "final"),
+            "copy": snapshots.load_variables(workdir, rows[near]["model_id"], "final"),
             "mean": mean_vars,
         }
-        original = zoo_store.load_variables(workdir, r["model_id"], "final")
+        original = snapshots.load_variables(workdir, r["model_id"], "final")
         ref_real = inference.logits(module, original, xv)
         ref_noise = inference.logits(module, original, noise)
         out = dict(model_id=r["model_id"], split=r["split"], classes=list(r["classes"]),

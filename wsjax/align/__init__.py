@@ -5,7 +5,7 @@ import jax
 import numpy as np
 
 from wsjax.common import config as config_lib
-from wsjax.common import store
+from wsjax.common import checkpoints
 from wsjax.common.config import require
 from wsjax.align import losses
 from wsjax.align import model as model_lib
@@ -47,9 +47,9 @@ def paths(workdir):
 def load(workdir):
     """The Aligner the align stage trained in `workdir`; a clear error if it has not finished."""
     p = paths(workdir)
-    require(store.exists(p["params"]) and os.path.exists(p["stats"]),
+    require(checkpoints.exists(p["params"]) and os.path.exists(p["stats"]),
             f"{p['params']} not found: run the 'align' stage with this --workdir first")
     config = config_lib.load(workdir, "align")
     with np.load(p["stats"]) as f:
         stats = {k: f[k] for k in f.files}
-    return Aligner(config, store.restore(p["params"], stage="align")["params"], stats)
+    return Aligner(config, checkpoints.restore(p["params"], stage="align")["params"], stats)

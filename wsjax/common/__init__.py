@@ -1,1 +1,1 @@
-"""Pieces every stage shares: config checks, Orbax store, logs, progress."""
+"""Pieces every stage shares: config checks, Orbax checkpoints, atomic writes, logs, progress."""

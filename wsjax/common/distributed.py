@@ -2,7 +2,7 @@
 
 `initialize` (called by launch.main before any JAX work) joins this process to the others. Every
 process then runs the same command; `jax.devices()` lists every process's devices. The zoo stage
-trains across all of them (wsjax.zoo.train: each process steps the models of its own devices); every
+trains across all of them (wsjax.zoo.stage: each process steps the models of its own devices); every
 other stage runs on process 0 while the others wait (wsjax.stages.run_stage). Files every process
 would write the same (manifests, logs, stage locks and fingerprints) are written by process 0 only;
 `workdir` must be one filesystem that every host sees (NFS, Filestore, gcsfuse).

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from wsjax import ae, align, data, generator
 from wsjax.common import config as config_lib
 from wsjax.common import io
-from wsjax.common import store as ckpt
+from wsjax.common import checkpoints as ckpt
 from wsjax.common.config import require
 from wsjax.evaluate import finetune, metrics, report
 from wsjax.generator import features, linear, select
@@ -31,8 +31,8 @@ from wsjax.models import bn, inference
 from wsjax.sample.stage import default_targets
 from wsjax.zoo import init as init_lib
 from wsjax.zoo import step as step_lib
-from wsjax.zoo import train as train_lib
-from wsjax.zoo import store
+from wsjax.zoo import stage as zoo_stage
+from wsjax.zoo import snapshots
 
 
 def r_squared(target, achieved):
@@ -79,7 +79,7 @@ class Context:
         self.dataset = data.load(zoo_config.data)
         self.task_set = data.task_set(zoo_config.tasks, self.dataset.num_classes)
         self.rows, self.coeffs = generator_stage.zoo_table(workdir)
-        self._index = store.snapshot_index(store.read_manifest(workdir))
+        self._index = snapshots.snapshot_index(snapshots.read_manifest(workdir))
         self.train = [i for i, r in enumerate(self.rows) if r["split"] == "train"]
         self.gen = generator.load(workdir)
         self.module = self.gen.module
@@ -110,7 +110,7 @@ class Context:
         """The variables of row i; each model's stacked checkpoint is read once."""
         r = self.rows[i]
         if r["model_id"] not in self._models:
-            self._models[r["model_id"]] = store.load_snapshots(self.workdir, r["model_id"])
+            self._models[r["model_id"]] = snapshots.load_snapshots(self.workdir, r["model_id"])
         return step_lib.unstack(self._models[r["model_id"]], self._index[(r["model_id"], r["snapshot"])])
 
     def copy(self, classes, target):
@@ -219,7 +219,7 @@ def evaluate_task(ctx, classes, kind, targets, key):
         if ctx.random_init is not None:
             starts["shared_init"] = ctx.random_init
         z = ctx.zoo_config
-        strategy = train_lib.resolve_strategy(z)
+        strategy = zoo_stage.resolve_strategy(z)
         at_median["finetune"] = finetune.curves(
             ctx.module, starts, ctx.dataset, classes, prompt["val"], epochs=f.epochs,
             learning_rate=f.learning_rate, batch_size=f.batch_size, seed=cfg.seed,

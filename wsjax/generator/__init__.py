@@ -12,7 +12,7 @@ import numpy as np
 
 from wsjax import models, pca
 from wsjax.common import config as config_lib
-from wsjax.common import store
+from wsjax.common import checkpoints
 from wsjax.common.config import require
 from wsjax.generator import features, flow, linear
 from wsjax.generator import path as path_lib
@@ -36,7 +36,7 @@ class Conditional:
                 "stage with this --workdir first")
         self.config = config_lib.load(workdir, "generator")
         self.meta = json.load(open(p["meta"]))
-        arrays = store.restore(p["state"])
+        arrays = checkpoints.restore(p["state"])
         self.latent = linear.Latent(**arrays["latent"])
         self.ridge_map = linear.Ridge(**arrays["ridge"])
         self.path_model = path_lib.PathModel(linear.Ridge(**arrays["path"]["latent"]),

@@ -21,11 +21,11 @@ import numpy as np
 
 from wsjax import data, models, pca
 from wsjax.common import config as config_lib
-from wsjax.common import io, store
+from wsjax.common import io, checkpoints
 from wsjax.common.config import require
 from wsjax.generator import features, flow, linear, select
 from wsjax.generator import path as path_lib
-from wsjax.zoo import store as zoo_store
+from wsjax.zoo import snapshots
 
 STAGE = "generator"
 
@@ -43,7 +43,7 @@ def check_config(config):
 
 def zoo_table(workdir):
     """(manifest rows, their PCA coefficients [S, K]) for every ok snapshot, manifest order."""
-    rows = zoo_store.read_manifest(workdir)
+    rows = snapshots.read_manifest(workdir)
     c = pca.load_coeffs(workdir)
     index = {(int(m), str(s)): i for i, (m, s) in enumerate(zip(c["model_id"], c["snapshot"]))}
     rows = [r for r in rows if r["status"] == "ok"]
@@ -164,7 +164,7 @@ def run(config, workdir):
                                measure_paths(config, workdir, zoo_config))
     metrics = dict(latent_dim=meta["latent_dim"], **fidelity(rows, coeffs, arrays), **fitted,
                    calibration_slope=meta["calibration"][0], calibration_intercept=meta["calibration"][1])
-    store.save(os.path.join(out_dir, "state"), arrays)
+    checkpoints.save(os.path.join(out_dir, "state"), arrays)
     io.write_json(os.path.join(out_dir, "meta.json"), meta)
     io.write_json(os.path.join(out_dir, "metrics.json"), metrics)  # last: marks the stage done
     print("generator: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"

@@ -45,11 +45,11 @@ def synthetic_zoo(cfg):
 
 def zoo_leaves(workdir):
     """{name: [train snapshots, d]} of an existing zoo in workdir (train split, status ok)."""
-    from wsjax.zoo import store as zoo_store
-    rows = [r for r in zoo_store.read_manifest(workdir)
+    from wsjax.zoo import snapshots
+    rows = [r for r in snapshots.read_manifest(workdir)
             if r["split"] == "train" and r["status"] == "ok"]
-    require(len(rows) >= 2, f"{zoo_store.zoo_dir(workdir)} has fewer than 2 train snapshots")
-    shapes = dict(fit_lib.leaf_names(zoo_store.load_variables(
+    require(len(rows) >= 2, f"{snapshots.zoo_dir(workdir)} has fewer than 2 train snapshots")
+    shapes = dict(fit_lib.leaf_names(snapshots.load_variables(
         workdir, rows[0]["model_id"], rows[0]["snapshot"])))
     return pca_stage.read_leaves(workdir, rows, list(shapes), shapes)
 

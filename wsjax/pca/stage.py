@@ -24,10 +24,10 @@ from tqdm import tqdm
 
 from wsjax.common import config as config_lib
 from wsjax.common import io
-from wsjax.common import store
+from wsjax.common import checkpoints
 from wsjax.common.config import require
 from wsjax.pca import fit as fit_lib
-from wsjax.zoo import store as zoo_store
+from wsjax.zoo import snapshots
 
 STAGE = "pca"
 # Settings a finished block depends on: a rerun with other values must not mix blocks.
@@ -74,14 +74,14 @@ def read_leaves(workdir, rows, names, shapes, desc=None):
     each model's stacked checkpoint."""
     item = fit_lib.nest({n: 0 for n in names})
     out = {n: np.empty((len(rows), int(np.prod(shapes[n]))), np.float32) for n in names}
-    index = zoo_store.snapshot_index(zoo_store.read_manifest(workdir))
+    index = snapshots.snapshot_index(snapshots.read_manifest(workdir))
     by_model = {}
     for i, r in enumerate(rows):
         by_model.setdefault(r["model_id"], []).append((i, index[(r["model_id"], r["snapshot"])]))
     for model_id, picks in tqdm(by_model.items(), desc=desc or "reading snapshots", unit="model",
                                 leave=False, disable=desc is None and len(by_model) < 100):
-        path = zoo_store.snapshot_path(workdir, model_id)
-        flat = fit_lib.flatten(store.restore_subtree(path, item, stage="zoo"))
+        path = snapshots.snapshot_path(workdir, model_id)
+        flat = fit_lib.flatten(checkpoints.restore_subtree(path, item, stage="zoo"))
         for n in names:
             require(n in flat and np.shape(flat[n])[1:] == tuple(shapes[n]),
                     f"snapshot {path} has no leaf {n} of shape {tuple(shapes[n])}")
@@ -130,7 +130,7 @@ def _load_block(path):
 
 def _complete(out_dir):
     files = ("meta.json", "coeffs.npz", "explained_variance.png", "summary.json")
-    return store.exists(os.path.join(out_dir, "state")) and all(
+    return checkpoints.exists(os.path.join(out_dir, "state")) and all(
         os.path.exists(os.path.join(out_dir, f)) for f in files)
 
 
@@ -141,13 +141,13 @@ def run(config, workdir):
         logging.info("pca: outputs in %s are complete, nothing to do", out_dir)
         return load(workdir)
     start = time.time()
-    rows = zoo_store.read_manifest(workdir)
+    rows = snapshots.read_manifest(workdir)
     train = np.array([r["split"] == "train" and r["status"] == "ok" for r in rows])
-    require(train.sum() >= 2, f"{zoo_store.zoo_dir(workdir)}/models.csv has {int(train.sum())} "
+    require(train.sum() >= 2, f"{snapshots.zoo_dir(workdir)}/models.csv has {int(train.sum())} "
             "train-split snapshots with status 'ok': the PCA needs at least 2")
-    zoo_store.check_snapshots(workdir, rows)  # now, not after most of the work
+    snapshots.check_snapshots(workdir, rows)  # now, not after most of the work
     first = rows[int(np.argmax(train))]
-    template = zoo_store.load_variables(workdir, first["model_id"], first["snapshot"])
+    template = snapshots.load_variables(workdir, first["model_id"], first["snapshot"])
     shapes = fit_lib.leaf_names(template)
     names = [n for n, _ in shapes]
     shape_of = dict(shapes)
@@ -261,7 +261,7 @@ def plot(path, p, fits):
 
 def save(out_dir, p):
     """Orbax state plus meta.json; the state directory is written by atomic rename."""
-    store.save(os.path.join(out_dir, "state"),
+    checkpoints.save(os.path.join(out_dir, "state"),
                {"mean": fit_lib.nest(p.mean), "basis": fit_lib.nest(p.basis) or {"_": np.zeros(0)}})
     meta = dict(segments=[list(s) for s in p.segments],
                 shapes=[[n, list(s)] for n, s in p.shapes], var_floor=p.var_floor)
@@ -276,7 +276,7 @@ def load(workdir):
             "--workdir first")
     with open(meta_path) as f:
         meta = json.load(f)
-    state = store.restore(os.path.join(out_dir, "state"), stage=STAGE)
+    state = checkpoints.restore(os.path.join(out_dir, "state"), stage=STAGE)
     segments = tuple((n, int(a), int(b), m) for n, a, b, m in meta["segments"])
     mean, basis = fit_lib.flatten(state["mean"]), fit_lib.flatten(state["basis"])
     basis = {n: basis[n] for n, _, _, m in segments if m == "pca"}

@@ -13,7 +13,7 @@ from wsjax.common.config import require
 from wsjax.generator import select
 from wsjax.models import bn, inference
 from wsjax.zoo import step as step_lib
-from wsjax.zoo import store
+from wsjax.zoo import snapshots
 
 SAMPLERS = ("best", "thesis") + generator.SAMPLERS
 
@@ -39,7 +39,7 @@ def parse_classes(text, class_names, task_set):
 
 def default_targets(workdir):
     """Median val loss and accuracy of the zoo's final train snapshots."""
-    rows = [r for r in store.read_manifest(workdir)
+    rows = [r for r in snapshots.read_manifest(workdir)
             if r["snapshot"] == "final" and r["split"] == "train" and r["status"] == "ok"]
     return (float(np.median([r["val_loss"] for r in rows])),
             float(np.median([r["val_accuracy"] for r in rows])))
@@ -47,7 +47,7 @@ def default_targets(workdir):
 
 def zoo_loss_range(workdir):
     """(min, max) val loss of the zoo's train snapshots: the range requests are learnt on."""
-    losses = [r["val_loss"] for r in store.read_manifest(workdir)
+    losses = [r["val_loss"] for r in snapshots.read_manifest(workdir)
               if r["split"] == "train" and r["status"] == "ok"]
     return min(losses), max(losses)
 
@@ -110,7 +110,7 @@ def run(config, workdir):
     rows = []
     for i, variables in enumerate(nets):
         val_loss, val_acc = inference.loss_accuracy(module, variables, x_val, y_val)
-        store.save_snapshots(workdir, i, [variables], root=root)
+        snapshots.save_snapshots(workdir, i, [variables], root=root)
         rows.append(dict(
             model_id=i, snapshot="final", step=0, epoch=0, max_epoch=0,
             classes=data.tasks.format_classes(classes), split="sampled", status="ok",
@@ -120,7 +120,7 @@ def run(config, workdir):
     io.write_json(os.path.join(workdir, root, "request.json"), dict(
         classes=list(classes), target_loss=loss, target_accuracy=acc, sampler=config.sampler,
         recalibrated=config.recalibrate.enabled))
-    store.write_manifest(workdir, rows, root=root)  # last: its presence marks the request done
+    snapshots.write_manifest(workdir, rows, root=root)  # last: its presence marks the request done
     print(f"sample: {len(nets)} models ({config.sampler}) for classes {classes} (target loss "
           f"{loss:.3f}) -> {os.path.join(workdir, root)}; achieved val loss "
           + ", ".join(f"{r['val_loss']:.3f}" for r in rows) + "; acc "

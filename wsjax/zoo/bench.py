@@ -14,7 +14,7 @@ from wsjax.common import config as config_lib
 from wsjax.common.config import require
 from wsjax.zoo import init as init_lib
 from wsjax.zoo import step as step_lib
-from wsjax.zoo import train as train_lib
+from wsjax.zoo import stage as zoo_stage
 
 
 def matmul_peak(n, repeats=5):
@@ -96,7 +96,7 @@ def run(config, workdir):
                    label=rng.integers(0, config.tasks.k, (steps, n, b)).astype(np.int32),
                    active=np.ones((steps, n), bool))
     x = dataset.x_train
-    strategy = train_lib.resolve_strategy(config)
+    strategy = zoo_stage.resolve_strategy(config)
     step_lib.enable_compile_cache(config.get("compile_cache", ""))
     peak = matmul_peak(int(config.matmul_size))
     seq, seq_compile, flops = bench_sequential(module, tx, variables, jnp.asarray(x), batches)

@@ -11,12 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wsjax.common import store
-from wsjax.zoo import store as zoo_store
+from wsjax.common import checkpoints
+from wsjax.zoo import snapshots
 
 
 def init_path(workdir):
-    return os.path.join(zoo_store.zoo_dir(workdir), "init")
+    return os.path.join(snapshots.zoo_dir(workdir), "init")
 
 
 def random_init(module, image_shape, key):
@@ -41,7 +41,7 @@ def initializer(config, module, image_shape, workdir):
         key = jax.random.key(config.init_seed)
         return lambda model_id: random_init(module, image_shape, jax.random.fold_in(key, model_id))
     path = init_path(workdir)
-    if not store.exists(path):
-        store.save(path, _fresh_shared(config, module, image_shape, workdir))
-    shared = store.restore(path, stage="zoo")
+    if not checkpoints.exists(path):
+        checkpoints.save(path, _fresh_shared(config, module, image_shape, workdir))
+    shared = checkpoints.restore(path, stage="zoo")
     return lambda model_id: shared

@@ -8,15 +8,15 @@ import numpy as np
 from tqdm import tqdm
 
 from wsjax import data, models
-from wsjax.common import store
+from wsjax.common import checkpoints
 from wsjax.common.config import require
 from wsjax.zoo import init as init_lib
 from wsjax.zoo import step as step_lib
-from wsjax.zoo import store as zoo_store
+from wsjax.zoo import snapshots
 
 
 def base_path(workdir):
-    return os.path.join(zoo_store.zoo_dir(workdir), "base")
+    return os.path.join(snapshots.zoo_dir(workdir), "base")
 
 
 def base_network(config, workdir, cache_dir=None):
@@ -30,10 +30,10 @@ def base_network(config, workdir, cache_dir=None):
     dataset = data.load(config.data)
     module = models.build(config.model, dataset.num_classes)
     path = base_path(workdir)
-    if cache_dir is not None and not store.exists(path):  # a stage writes only its own folder
+    if cache_dir is not None and not checkpoints.exists(path):  # a stage writes only its own folder
         path = os.path.join(cache_dir, "base")
-    if store.exists(path):
-        return module, store.restore(path)
+    if checkpoints.exists(path):
+        return module, checkpoints.restore(path)
     variables = init_lib.random_init(module, dataset.image_shape,
                                      jax.random.fold_in(jax.random.key(config.init_seed), 2**31 - 1))
     tx = step_lib.make_optimizer()
@@ -49,5 +49,5 @@ def base_network(config, workdir, cache_dir=None):
             state, _ = step(state, x[i], y[i])
     variables = dict(params=state["params"], batch_stats=state["batch_stats"])
     variables = jax.tree_util.tree_map(np.asarray, variables)
-    store.save(path, variables)
-    return module, store.restore(path)
+    checkpoints.save(path, variables)
+    return module, checkpoints.restore(path)

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from wsjax.common import config as config_lib
-from wsjax.common import store
+from wsjax.common import checkpoints
 from wsjax.common.config import require
 from wsjax.data.tasks import parse_class_sets
 
@@ -87,12 +87,12 @@ def snapshot_index(rows):
 def save_snapshots(workdir, model_id, snapshots, root="zoo"):
     """Saves one model's snapshots, a list of {'params', 'batch_stats'} in step order, stacked."""
     stacked = jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *snapshots)
-    store.save(snapshot_path(workdir, model_id, root), stacked)
+    checkpoints.save(snapshot_path(workdir, model_id, root), stacked)
 
 
 def load_snapshots(workdir, model_id, root="zoo"):
     """Every snapshot of one model, stacked in step order ([S, ...] leaves, numpy)."""
-    return store.restore(snapshot_path(workdir, model_id, root), stage=_stage(root))
+    return checkpoints.restore(snapshot_path(workdir, model_id, root), stage=_stage(root))
 
 
 def _stage(root):
@@ -104,7 +104,7 @@ def check_snapshots(workdir, rows, root="zoo"):
     """One sentence naming the models of `rows` whose checkpoint is missing or truncated (and the
     stage that retrains them), before a reader starts long work over them."""
     ids = sorted({int(r["model_id"]) for r in rows})
-    damaged = [m for m in ids if not store.exists(snapshot_path(workdir, m, root))]
+    damaged = [m for m in ids if not checkpoints.exists(snapshot_path(workdir, m, root))]
     shown = ", ".join(map(str, damaged[:8])) + (f" and {len(damaged) - 8} more" if len(damaged) > 8 else "")
     require(not damaged, f"{zoo_dir(workdir, root)}/snapshots/ has no complete checkpoint for model "
             f"{shown}: rerun the '{_stage(root)}' stage with this --workdir (it retrains only those)")

@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from absl import logging
 from tqdm import tqdm
 
@@ -22,9 +21,9 @@ from wsjax.align import losses
 from wsjax.align import model as model_lib
 from wsjax.common import config as config_lib
 from wsjax.common import io
-from wsjax.common import store
+from wsjax.common import checkpoints
 from wsjax.common.config import require
-from wsjax.zoo import store as zoo_store
+from wsjax.zoo import snapshots
 
 LOSSES = ("nt_xent", "multi_positive")
 
@@ -46,7 +45,7 @@ def check_config(config):
 def prepare(config, workdir):
     """Arrays per snapshot (features, bins, groups, targets) for the train and val splits, and stats."""
     lat = ae.load_latents(workdir)
-    rows = {(r["model_id"], r["snapshot"]): r for r in zoo_store.read_manifest(workdir)}
+    rows = {(r["model_id"], r["snapshot"]): r for r in snapshots.read_manifest(workdir)}
     keep = [i for i in range(len(lat["z"]))
             if rows.get((int(lat["model_id"][i]), str(lat["snapshot"][i])), {}).get("status") == "ok"]
     picked = [rows[(int(lat["model_id"][i]), str(lat["snapshot"][i]))] for i in keep]
@@ -163,7 +162,7 @@ def train(config, workdir, stop_at=None):
                                                   max(config.num_steps, config.warmup_steps + 1))
     tx = optax.adamw(schedule, weight_decay=config.weight_decay)
     state = dict(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32))
-    manager, start, state = store.resume(p["ckpt"], state, stage="align", max_to_keep=2)
+    manager, start, state = checkpoints.resume(p["ckpt"], state, stage="align", max_to_keep=2)
     log = io.MetricWriter(p["log"])
     log.trim(start)
     step_fn = make_step(module, tx, config)
@@ -182,9 +181,9 @@ def train(config, workdir, stop_at=None):
                 bar.set_postfix(loss=f"{rec['loss']:.3f}",
                                 val_top1=f"{rec.get('val_top1', float('nan')):.2f}")
             if done % config.checkpoint_every == 0 or done == config.num_steps:
-                manager.save(done, args=ocp.args.StandardSave(jax.tree_util.tree_map(np.asarray, state)))
+                manager.save(done, jax.tree_util.tree_map(np.asarray, state))
             bar.update(1)
-    manager.wait_until_finished()
+    manager.close()
     if end < config.num_steps:
         return None
     metrics = evaluate(module, state["params"], data, config)
@@ -192,14 +191,14 @@ def train(config, workdir, stop_at=None):
                    num_groups_train=int(len(np.unique(data["train"]["group"]))),
                    encoder=config.encoder.kind, loss=config.loss, train_seconds=round(time.time() - t0, 2))
     io.savez(p["stats"], **stats)
-    store.save(p["params"], {"params": jax.tree_util.tree_map(np.asarray, state["params"])})
+    checkpoints.save(p["params"], {"params": jax.tree_util.tree_map(np.asarray, state["params"])})
     io.write_json(p["metrics"], metrics, indent=2)
     return metrics
 
 
 def run(config, workdir):
     p = align.paths(workdir)
-    if os.path.exists(p["metrics"]) and store.exists(p["params"]):
+    if os.path.exists(p["metrics"]) and checkpoints.exists(p["params"]):
         logging.info("align: %s exists; delete align/ to retrain", p["metrics"])
         return json.load(open(p["metrics"]))
     metrics = train(config, workdir)

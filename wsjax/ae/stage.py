@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from absl import logging
 from flax.training import train_state
 from tqdm import tqdm
@@ -28,10 +27,10 @@ from wsjax.ae import losses, reconstruction
 from wsjax.ae import model as model_lib
 from wsjax.common import config as config_lib
 from wsjax.common import io
-from wsjax.common import store
+from wsjax.common import checkpoints
 from wsjax.common.config import require
 from wsjax.models import inference
-from wsjax.zoo import store as zoo_store
+from wsjax.zoo import snapshots
 
 STAGE = "ae"
 
@@ -130,9 +129,9 @@ def load_latents(workdir):
 def load(workdir):
     """The AE trained in `workdir/ae`, with its normalisation statistics."""
     path = paths(workdir)["params"]
-    require(store.exists(path), f"{path} not found: run the 'ae' stage with this --workdir first")
+    require(checkpoints.exists(path), f"{path} not found: run the 'ae' stage with this --workdir first")
     config = config_lib.load(workdir, STAGE)
-    saved = store.restore(path, stage=STAGE)
+    saved = checkpoints.restore(path, stage=STAGE)
     module = model_lib.build(config.model, saved["mean"].shape[0])
     params = jax.tree_util.tree_map(jnp.asarray, saved["params"])
     return AE(module, params, Normaliser(saved["mean"], saved["std"]))
@@ -154,7 +153,7 @@ def make_probes(config, dataset, rows, seed):
 def original_logits(workdir, module, rows, probes):
     out = []
     for r, x in zip(tqdm(rows, desc="ae: originals' probe logits", unit="model", leave=False), probes):
-        v = zoo_store.load_variables(workdir, r["model_id"], r["snapshot"])
+        v = snapshots.load_variables(workdir, r["model_id"], r["snapshot"])
         out.append(inference.logits(module, v, x))
     return np.stack(out)
 
@@ -224,7 +223,7 @@ def validate(eval_loss, params, x_all, val_idx, batch_size, probe_set):
 def read_inputs(workdir):
     """(pca, coefficients, manifest rows in coefficient order, {split: row indices of ok snapshots})."""
     p, co = pca.load(workdir), pca.load_coeffs(workdir)
-    by_key = {(r["model_id"], r["snapshot"]): r for r in zoo_store.read_manifest(workdir)}
+    by_key = {(r["model_id"], r["snapshot"]): r for r in snapshots.read_manifest(workdir)}
     rows = [by_key[(int(m), str(s))] for m, s in zip(co["model_id"], co["snapshot"])]
     ok = co["status"] == "ok"
     idx = {s: np.flatnonzero(ok & (co["split"] == s)) for s in ("train", "val")}
@@ -242,7 +241,7 @@ def train(config, out, state, loss_fn, schedule, x_all, idx, probe_set):
     check = functools.partial(validate, eval_loss, x_all=x_all, val_idx=idx["select"],
                               batch_size=t.batch_size, probe_set=probe_set)
     ckpt = dict(state=state, best_params=state.params, best_val=np.asarray(np.inf, np.float32))
-    manager, start, ckpt = store.resume(out["checkpoints"], ckpt, stage=STAGE)
+    manager, start, ckpt = checkpoints.resume(out["checkpoints"], ckpt, stage=STAGE)
     log = io.MetricWriter(out["log"])
     log.trim(start if start else -1)  # a fresh start writes step 0's line again
     state, best_params, best_val = ckpt["state"], ckpt["best_params"], float(ckpt["best_val"])
@@ -265,9 +264,8 @@ def train(config, out, state, loss_fn, schedule, x_all, idx, probe_set):
             if v["loss"] < best_val:
                 best_val, best_params = v["loss"], jax.tree_util.tree_map(jnp.copy, state.params)
             log.write(step + 1, **{f"val_{k}": x for k, x in v.items()})
-            manager.save(step + 1, args=ocp.args.StandardSave(dict(
-                state=state, best_params=best_params, best_val=np.asarray(best_val, np.float32))))
-            manager.wait_until_finished()
+            manager.save(step + 1, dict(state=state, best_params=best_params,
+                                        best_val=np.asarray(best_val, np.float32)))
     bar.close()
     manager.close()
     return best_params, best_val
@@ -277,7 +275,8 @@ def run(config, workdir):
     check_config(config)
     config_lib.stage_dir(workdir, STAGE)
     out = paths(workdir)
-    if store.exists(out["params"]) and all(os.path.exists(out[k]) for k in ("latents", "metrics", "report")):
+    if checkpoints.exists(out["params"]) and all(
+            os.path.exists(out[k]) for k in ("latents", "metrics", "report")):
         logging.info("ae: outputs in %s are complete, nothing to do", os.path.dirname(out["params"]))
         return load(workdir)
     start_time = time.time()
@@ -315,7 +314,7 @@ def run(config, workdir):
     best_params, best_val = train(config, out, state, loss_fn, schedule, x_all, idx, probe_set)
     train_seconds = time.time() - tic
 
-    store.save(out["params"], dict(params=best_params, mean=norm.mean, std=norm.std))
+    checkpoints.save(out["params"], dict(params=best_params, mean=norm.mean, std=norm.std))
     ae = load(workdir)
     z = np.asarray(ae.encode(co["coeffs"]))
     io.savez(out["latents"], z=z, model_id=co["model_id"], snapshot=co["snapshot"], split=co["split"])

@@ -2,6 +2,8 @@
 
 A plain `orbax.checkpoint.StandardCheckpointer().restore(path)` (no wsjax) reads any of them.
 """
+import contextlib
+import errno
 import json
 import os
 
@@ -68,13 +70,33 @@ def _damaged(path, stage, what):
     return ConfigError(f"checkpoint {path} {what}: {rerun}")
 
 
+# Tensorstore reports a failed write as a ValueError whose text holds the OS error; these are the
+# workdir's faults (full disk, quota, read-only, permissions), which `run_stage` words as one sentence.
+_OS_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
+
+
+@contextlib.contextmanager
+def _workdir_errors(path):
+    """Re-raises a checkpoint write that failed for one of `_OS_ERRORS` as that OSError."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as e:
+        code = next((c for c in _OS_ERRORS if os.strerror(c) in str(e)), None)
+        if code is None:
+            raise
+        raise OSError(code, os.strerror(code), path) from e
+
+
 def save(path, tree):
     """Saves `tree` to `path`, replacing nothing: an existing complete checkpoint is kept."""
     if exists(path):
         return
     ckpt = _checkpointer()
-    ckpt.save(os.path.abspath(path), jax.tree_util.tree_map(np.asarray, tree), force=True)
-    ckpt.wait_until_finished()
+    with _workdir_errors(path):
+        ckpt.save(os.path.abspath(path), jax.tree_util.tree_map(np.asarray, tree), force=True)
+        ckpt.wait_until_finished()
 
 
 def restore(path, stage=None):
@@ -99,17 +121,40 @@ def restore_subtree(path, item, stage=None):
         raise _damaged(path, stage, f"could not be read ({type(e).__name__})") from e
 
 
+class Manager:
+    """A stage's rolling training checkpoints (Orbax's CheckpointManager): `save(step, tree)` and
+    `close()`, so that no stage imports Orbax."""
+
+    def __init__(self, directory, max_to_keep):
+        self.directory = directory
+        self._manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, enable_async_checkpointing=False))
+
+    def latest_step(self):
+        return self._manager.latest_step()
+
+    def restore(self, step, template):
+        return self._manager.restore(step, args=ocp.args.StandardRestore(template))
+
+    def save(self, step, tree):
+        """Saves `tree` (numpy, or jax arrays Orbax can gather) as `step` and waits for it."""
+        with _workdir_errors(self.directory):
+            self._manager.save(step, args=ocp.args.StandardSave(tree))
+            self._manager.wait_until_finished()
+
+    def close(self):
+        self._manager.close()
+
+
 def resume(directory, template, *, stage, max_to_keep=1):
-    """(manager, step, state): a CheckpointManager at `directory` and its newest state restored
-    into `template`'s structure; step 0 and `template` itself when nothing was saved yet."""
-    directory = os.path.abspath(directory)
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, enable_async_checkpointing=False))
+    """(manager, step, state): a `Manager` at `directory` and its newest state restored into
+    `template`'s structure; step 0 and `template` itself when nothing was saved yet."""
+    manager = Manager(os.path.abspath(directory), max_to_keep)
     step = manager.latest_step()
     if step is None:
         return manager, 0, template
     try:
-        return manager, step, manager.restore(step, args=ocp.args.StandardRestore(template))
+        return manager, step, manager.restore(step, template)
     except Exception as e:  # a damaged checkpoint: one clear sentence
-        raise ConfigError(f"{stage} checkpoint {directory} could not be read ({type(e).__name__}): "
+        raise ConfigError(f"{stage} checkpoint {manager.directory} could not be read ({type(e).__name__}): "
                           f"delete it and rerun the {stage} stage") from e

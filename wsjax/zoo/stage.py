@@ -18,27 +18,28 @@ it from process 0 and synchronises the processes); models.csv, log.jsonl and the
 process 0's. A cohort's checkpoint is named by its members and slot count, so a rerun on another
 number of devices keeps every finished model and retrains the unfinished cohorts from their init.
 """
+import dataclasses
 import json
 import os
 import shutil
 import time
 import zlib
+from typing import Any, Callable
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 from tqdm import tqdm
 
 from wsjax import data, models
-from wsjax.common import distributed, store
+from wsjax.common import distributed, checkpoints
 from wsjax.common.config import ConfigError, require
 from wsjax.data.tasks import format_classes, task_indices
 from wsjax.models import inference
 from wsjax.zoo import hparams
 from wsjax.zoo import init as init_lib
 from wsjax.zoo import step as step_lib
-from wsjax.zoo import store as zoo_store
+from wsjax.zoo import snapshots
 
 
 def resolve_strategy(config):
@@ -67,11 +68,11 @@ class _ZooOnDisk:
 
     def __init__(self, workdir):
         self.workdir = workdir
-        path = os.path.join(zoo_store.zoo_dir(workdir), "models.csv")
+        path = os.path.join(snapshots.zoo_dir(workdir), "models.csv")
         rows = []
         if os.path.exists(path):
             try:
-                rows = zoo_store.read_manifest(workdir)
+                rows = snapshots.read_manifest(workdir)
             except ConfigError as e:  # rows cannot be trusted: retrain (deterministic) and rewrite
                 if distributed.is_primary():  # the others retrain without rows, as process 0 does
                     aside = f"{path}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -84,15 +85,15 @@ class _ZooOnDisk:
             self.rows[(r["model_id"], r["snapshot"])] = r
 
     def done(self, spec, schedule):
-        return all((spec.model_id, tag) in self.rows for tag, _ in schedule) and store.exists(
-            zoo_store.snapshot_path(self.workdir, spec.model_id))
+        return all((spec.model_id, tag) in self.rows for tag, _ in schedule) and checkpoints.exists(
+            snapshots.snapshot_path(self.workdir, spec.model_id))
 
-    def add(self, model_id, rows, snapshots):
+    def add(self, model_id, rows, trees):
         # Snapshots first, then rows: a model in the manifest always has its checkpoint.
-        zoo_store.save_snapshots(self.workdir, model_id, snapshots)
+        snapshots.save_snapshots(self.workdir, model_id, trees)
         self.rows.update({(r["model_id"], r["snapshot"]): r for r in rows})
         if distributed.is_primary():
-            zoo_store.write_manifest(self.workdir, list(self.rows.values()))
+            snapshots.write_manifest(self.workdir, list(self.rows.values()))
 
 
 def _epoch_batches(specs, task_idx, epoch, batch_size, steps_per_call, num_slots):
@@ -117,7 +118,7 @@ def _epoch_batches(specs, task_idx, epoch, batch_size, steps_per_call, num_slots
 def _log(workdir, line):
     if not distributed.is_primary():
         return
-    with open(os.path.join(zoo_store.zoo_dir(workdir), "log.jsonl"), "a") as f:
+    with open(os.path.join(snapshots.zoo_dir(workdir), "log.jsonl"), "a") as f:
         f.write(json.dumps(line) + "\n")
 
 
@@ -150,7 +151,7 @@ def _empty_trajectory(state, num_snapshots):
 def _due(ctx, members, traj, done_steps):
     """(model slot, snapshot index) of every snapshot reached but not yet taken."""
     return [(m, j) for m, s in enumerate(members)
-            for j, (_, step) in enumerate(ctx["schedules"][s.model_id])
+            for j, (_, step) in enumerate(ctx.schedules[s.model_id])
             if step <= done_steps[m] and not traj["taken"][j, m]]
 
 
@@ -162,18 +163,18 @@ def _take_due(ctx, members, state, traj, done_steps, steps_per_epoch):
     slots = np.array([m for m, _ in due])
     host = step_lib.to_host({k: state[k] for k in ("params", "batch_stats")})
     variables = jax.tree_util.tree_map(lambda x: x[slots], host)
-    val = [data.task_split(ctx["dataset"], members[m].classes, "val") for m in slots]
-    val_loss, val_acc = inference.scores_each(ctx["module"], variables, val)
+    val = [data.task_split(ctx.dataset, members[m].classes, "val") for m in slots]
+    val_loss, val_acc = inference.scores_each(ctx.module, variables, val)
     # The init (no step taken yet) has no minibatch losses: its loss on (up to) 512 train images.
     # Otherwise the mean minibatch loss since the model's last snapshot.
     counts = traj["loss_count"][slots]
     train_loss = traj["loss_sum"][slots] / np.maximum(counts, 1)
     fresh = np.flatnonzero(counts == 0)
     if len(fresh):
-        train = [(ctx["dataset"].x_train[gi[:512]], local[:512]) for gi, local in
-                 (ctx["task_idx"][members[m].model_id] for m in slots[fresh])]
+        train = [(ctx.dataset.x_train[gi[:512]], local[:512]) for gi, local in
+                 (ctx.task_idx[members[m].model_id] for m in slots[fresh])]
         train_loss[fresh] = inference.scores_each(
-            ctx["module"], jax.tree_util.tree_map(lambda x: x[fresh], variables), train)[0]
+            ctx.module, jax.tree_util.tree_map(lambda x: x[fresh], variables), train)[0]
     for i, (m, j) in enumerate(due):
         traj["metrics"][j, m] = (done_steps[m], done_steps[m] // steps_per_epoch[m], train_loss[i],
                                  val_loss[i], val_acc[i])
@@ -193,45 +194,45 @@ def _add_losses(traj, pending):
 
 
 def _save_model(ctx, spec, m, traj, diverged):
-    schedule = ctx["schedules"][spec.model_id]
+    schedule = ctx.schedules[spec.model_id]
     status = "diverged" if diverged else "ok"
-    rows = [_row(ctx["config"], spec, tag, status, traj["metrics"][j, m])
+    rows = [_row(ctx.config, spec, tag, status, traj["metrics"][j, m])
             for j, (tag, _) in enumerate(schedule)]
-    snapshots = [{k: jax.tree_util.tree_map(lambda x: x[j, m], traj["weights"][k])
-                  for k in traj["weights"]} for j in range(len(schedule))]
-    ctx["zoo"].add(spec.model_id, rows, snapshots)
+    trees = [{k: jax.tree_util.tree_map(lambda x: x[j, m], traj["weights"][k])
+              for k in traj["weights"]} for j in range(len(schedule))]
+    ctx.zoo.add(spec.model_id, rows, trees)
 
 
 def train_cohort(ctx, members, cid, pbar=None):
     """Trains `members` together from their init or from the cohort checkpoint to their last
     step, taking each model's snapshots as its schedule comes due."""
-    config, workdir, zoo = ctx["config"], ctx["workdir"], ctx["zoo"]
-    mesh, per_call, b = ctx["mesh"], ctx["steps_per_call"], int(config.train.batch_size)
-    slots, tx = ctx["slots"], ctx["tx"]
-    states = [step_lib.init_model_state(tx, ctx["init"](s.model_id), s.optimizer, s.learning_rate,
+    config, workdir, zoo = ctx.config, ctx.workdir, ctx.zoo
+    mesh, per_call, b = ctx.mesh, ctx.steps_per_call, int(config.train.batch_size)
+    slots, tx = ctx.slots, ctx.tx
+    states = [step_lib.init_model_state(tx, ctx.init(s.model_id), s.optimizer, s.learning_rate,
                                         s.weight_decay, s.momentum) for s in members]
     state = step_lib.stack(states + [states[0]] * (slots - len(members)))  # inactive padding
-    num_snapshots = max(len(ctx["schedules"][s.model_id]) for s in members)
+    num_snapshots = max(len(ctx.schedules[s.model_id]) for s in members)
     # the fresh state is the restore target: it gives the restored tree its structure
-    ckpt_dir = os.path.join(zoo_store.zoo_dir(workdir), "cohorts", cid)
-    manager, start, restored = store.resume(
+    ckpt_dir = os.path.join(snapshots.zoo_dir(workdir), "cohorts", cid)
+    manager, start, restored = checkpoints.resume(
         ckpt_dir, dict(state=state, trajectory=_empty_trajectory(state, num_snapshots)), stage="zoo")
     traj = jax.tree_util.tree_map(np.array, restored["trajectory"])  # writable host copies
     state = step_lib.place(jax.tree_util.tree_map(np.asarray, restored["state"]), mesh,
                            step_lib.P("models"))
-    step = ctx["step"]
-    steps_per_epoch = [ctx["steps_per_epoch"][s.model_id] for s in members]
+    step = ctx.step
+    steps_per_epoch = [ctx.steps_per_epoch[s.model_id] for s in members]
     done_steps = np.array([start * n for n in steps_per_epoch])
-    saved = {m for m, s in enumerate(members) if zoo.done(s, ctx["schedules"][s.model_id])}
+    saved = {m for m, s in enumerate(members) if zoo.done(s, ctx.schedules[s.model_id])}
     _take_due(ctx, members, state, traj, done_steps, steps_per_epoch)  # step 0: the init itself
     last, saved_at = max(s.max_epoch for s in members), time.time()
     for epoch in range(start, last):
         t0 = time.time()
-        batches = _epoch_batches(members, ctx["task_idx"], epoch, b, per_call, slots)
+        batches = _epoch_batches(members, ctx.task_idx, epoch, b, per_call, slots)
         pending = []  # minibatch losses not yet added to the running sums
         for i in range(0, batches["active"].shape[0], per_call):
             chunk = {n: a[i:i + per_call] for n, a in batches.items()}
-            state, loss = step(state, ctx["x_train"],
+            state, loss = step(state, ctx.x_train,
                                step_lib.place(chunk, mesh, step_lib.P(None, "models")))
             pending.append((loss, chunk["active"]))
             done_steps += chunk["active"][:, :len(members)].sum(0)
@@ -242,17 +243,15 @@ def train_cohort(ctx, members, cid, pbar=None):
         dt = time.time() - t0
         diverged = step_lib.to_host(state["diverged"])
         finished = [m for m, s in enumerate(members) if m not in saved
-                    and traj["taken"][:len(ctx["schedules"][s.model_id]), m].all()]
+                    and traj["taken"][:len(ctx.schedules[s.model_id]), m].all()]
         for m in finished:
             _save_model(ctx, members[m], m, traj, bool(diverged[m]))
             saved.add(m)
         # every process must take part in a save: under several, the cadence is every epoch
-        checkpoint = time.time() - saved_at >= ctx["checkpoint_every_secs"] or distributed.is_multiprocess()
+        checkpoint = time.time() - saved_at >= ctx.checkpoint_every_secs or distributed.is_multiprocess()
         if epoch + 1 < last and checkpoint:
             saved_at = time.time()
-            manager.save(epoch + 1, args=ocp.args.StandardSave(dict(
-                state=step_lib.to_host(state), trajectory=traj)))
-            manager.wait_until_finished()
+            manager.save(epoch + 1, dict(state=step_lib.to_host(state), trajectory=traj))
         images = int(batches["active"].sum()) * b
         _log(workdir, dict(cohort=cid, epoch=epoch + 1, models=[s.model_id for s in members],
                            images_per_sec=images / dt, seconds=dt))
@@ -262,6 +261,30 @@ def train_cohort(ctx, members, cid, pbar=None):
     manager.close()
     if distributed.is_primary():
         shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """Everything the cohorts of one zoo run share, built once by `prepare`."""
+    config: Any
+    workdir: str
+    dataset: Any
+    specs: list
+    module: Any
+    mesh: Any
+    num_devices: int
+    cohort_models: int       # models per cohort: cohort_size x devices (1 when sequential)
+    slots: int               # model slots per cohort step: cohort_models rounded up to the devices
+    task_idx: dict           # model_id -> (dataset indices, local labels) of its task's train images
+    steps_per_epoch: dict    # model_id -> steps
+    schedules: dict          # model_id -> [(snapshot tag, step)]
+    steps_per_call: int
+    checkpoint_every_secs: float
+    x_train: Any             # the train images, on device (replicated over the mesh)
+    init: Callable           # model_id -> initial variables
+    tx: Any
+    step: Callable           # the compiled cohort step
+    zoo: "_ZooOnDisk"
 
 
 def prepare(config, workdir):
@@ -277,47 +300,48 @@ def prepare(config, workdir):
             f"{jax.process_count()} processes, got {config.num_devices}")
     mesh = step_lib.make_mesh(num_devices) if num_devices > 1 else None
     strategy = resolve_strategy(config)
-    os.makedirs(zoo_store.zoo_dir(workdir), exist_ok=True)
+    size = 1 if strategy == "sequential" else int(config.cohort_size) * num_devices
+    os.makedirs(snapshots.zoo_dir(workdir), exist_ok=True)
     task_idx = {s.model_id: task_indices(dataset.y_train, s.classes) for s in specs}
-    return dict(config=config, workdir=workdir, dataset=dataset, specs=specs, module=module,
-                mesh=mesh, num_devices=num_devices, strategy=strategy, task_idx=task_idx,
-                steps_per_call=int(config.get("steps_per_call", 1)),
-                checkpoint_every_secs=float(config.checkpoint_every_secs),
-                x_train=step_lib.place(dataset.x_train, mesh, step_lib.P()))
+    b = int(config.train.batch_size)
+    steps_per_epoch = {s.model_id: len(task_idx[s.model_id][0]) // b for s in specs}
+    tx = step_lib.make_optimizer()
+    return Setup(
+        config=config, workdir=workdir, dataset=dataset, specs=specs, module=module, mesh=mesh,
+        num_devices=num_devices, cohort_models=size, slots=-(-size // num_devices) * num_devices,
+        task_idx=task_idx,
+        steps_per_epoch=steps_per_epoch,
+        schedules={s.model_id: hparams.snapshot_schedule(config, s, steps_per_epoch[s.model_id])
+                   for s in specs},
+        steps_per_call=int(config.get("steps_per_call", 1)),
+        checkpoint_every_secs=float(config.checkpoint_every_secs),
+        x_train=step_lib.place(dataset.x_train, mesh, step_lib.P()),
+        init=init_lib.initializer(config, module, dataset.image_shape, workdir), tx=tx,
+        step=step_lib.make_cohort_step(module, tx, strategy, mesh, float(config.train.diverge_loss_factor)),
+        zoo=_ZooOnDisk(workdir))
 
 
 def run(config, workdir):
     """Builds (or completes) the zoo under workdir/zoo/; a rerun of a finished zoo is a no-op."""
     ctx = prepare(config, workdir)
-    zoo = ctx["zoo"] = _ZooOnDisk(workdir)
-    specs = ctx["specs"]
-    ctx["init"] = init_lib.initializer(config, ctx["module"], ctx["dataset"].image_shape, workdir)
-    size = 1 if ctx["strategy"] == "sequential" else int(config.cohort_size) * ctx["num_devices"]
-    ctx["slots"] = -(-size // ctx["num_devices"]) * ctx["num_devices"]
-    ctx["tx"] = step_lib.make_optimizer()
-    ctx["step"] = step_lib.make_cohort_step(ctx["module"], ctx["tx"], ctx["strategy"], ctx["mesh"],
-                                            float(config.train.diverge_loss_factor))
-    b = int(config.train.batch_size)
-    ctx["steps_per_epoch"] = {s.model_id: len(ctx["task_idx"][s.model_id][0]) // b for s in specs}
-    ctx["schedules"] = {s.model_id: hparams.snapshot_schedule(
-        config, s, ctx["steps_per_epoch"][s.model_id]) for s in specs}
-    cohort_root = os.path.join(zoo_store.zoo_dir(workdir), "cohorts")
-    done = sum(zoo.done(s, ctx["schedules"][s.model_id]) for s in specs)
+    zoo, specs = ctx.zoo, ctx.specs
+    cohort_root = os.path.join(snapshots.zoo_dir(workdir), "cohorts")
+    done = sum(zoo.done(s, ctx.schedules[s.model_id]) for s in specs)
     if done == len(specs):
-        return zoo_store.read_manifest(workdir)  # nothing to do: leave every file untouched
+        return snapshots.read_manifest(workdir)  # nothing to do: leave every file untouched
     with tqdm(total=len(specs), initial=done, desc="zoo models", unit="model",
               disable=not distributed.is_primary()) as pbar:
-        for cohort in plan_cohorts(specs, size):
-            pending = [s for s in cohort if not zoo.done(s, ctx["schedules"][s.model_id])]
+        for cohort in plan_cohorts(specs, ctx.cohort_models):
+            pending = [s for s in cohort if not zoo.done(s, ctx.schedules[s.model_id])]
             if not pending:
                 continue
             # A killed cohort resumes with its full membership; otherwise train only what is missing.
-            cid = cohort_id(cohort, ctx["slots"])
+            cid = cohort_id(cohort, ctx.slots)
             if not os.path.isdir(os.path.join(cohort_root, cid)):
-                cohort, cid = pending, cohort_id(pending, ctx["slots"])
+                cohort, cid = pending, cohort_id(pending, ctx.slots)
             train_cohort(ctx, cohort, cid, pbar)
     if distributed.is_primary():
         shutil.rmtree(cohort_root, ignore_errors=True)
-        zoo_store.write_manifest(workdir, list(zoo.rows.values()))
+        snapshots.write_manifest(workdir, list(zoo.rows.values()))
     distributed.barrier("zoo manifest written")
-    return zoo_store.read_manifest(workdir)
+    return snapshots.read_manifest(workdir)
