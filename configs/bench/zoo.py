@@ -1,7 +1,8 @@
 """Benchmark stage `bench_zoo`: N zoo models trained one after another vs by the batched step.
 
-`python -m launch.main --config=configs/bench/zoo.py[:tiny] --workdir=DIR`; presets 'tiny' (CI)
-and default (the demo zoo's size: embedded MNIST, width 4, 16 px, batch 64).
+`python -m launch.main --config=configs/bench/zoo.py[:tiny] --workdir=DIR`; presets 'tiny' (CI),
+default (the demo zoo's size: embedded MNIST, width 4, 16 px, batch 64) and 'accelerator' (the
+vmap/bf16 path at the thesis zoo's model size, for GPU/TPU; lowered and compiled on CPU in tests).
 """
 import ml_collections
 
@@ -26,10 +27,28 @@ def get_config(arg=None):
     c.num_models = 8
     c.steps = 40           # timed steps per model
     c.matmul_size = 2048   # the peak-FLOP/s reference matmul is [n, n] x [n, n] fp32
+    # The printed ESTIMATE of a thesis-size zoo's training time (XLA's FLOP count, no run).
+    c.estimate = ml_collections.ConfigDict(dict(
+        zoo=zoo.get_config("imagenet"),
+        channels=3,              # TFDS ImageNet is RGB
+        images_per_class=1300,   # ImageNet-1k train images per class (732-1,300; most have 1,300)
+        peak_tflops=989.0,       # one H100 SXM, dense bf16
+        utilisation=0.4,
+    ))
     if preset == "tiny":
         c.num_models = 4
         c.steps = 16
         c.matmul_size = 1024
+    elif preset == "accelerator":
+        # The GPU/TPU path: the imagenet zoo's model (width 64, bf16) at 64 px, vmapped cohorts of
+        # 64 per device (embedded MNIST resized: one input channel, which only the stem sees).
+        z = zoo.get_config("imagenet")
+        c.model = z.model
+        c.data.resolution = z.data.resolution
+        c.strategy = "vmap"
+        c.cohort_size = 64
+        c.num_models = 128
+        c.matmul_size = 8192
     elif preset != "default":
-        raise ValueError(f"unknown bench_zoo preset {preset!r}: use 'tiny' or 'default'")
+        raise ValueError(f"unknown bench_zoo preset {preset!r}: use 'tiny', 'default' or 'accelerator'")
     return c

@@ -1,16 +1,17 @@
 """Stage `bench_zoo`: the same N models trained (a) one after another, each by a single-model jitted
 step, and (b) by the batched zoo step; img/s, ratio, FLOPs/img (XLA cost analysis), GFLOP/s and the
 share of a large fp32 matmul's peak measured in the same run -> workdir/bench_zoo/results.json."""
-import json
 import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from wsjax import data, models
 from wsjax.common import config as config_lib
+from wsjax.common import io
 from wsjax.common.config import require
 from wsjax.zoo import init as init_lib
 from wsjax.zoo import step as step_lib
@@ -36,6 +37,68 @@ def _flops(fn, *args):
     cost = fn.lower(*args).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost.get("flops", 0.0))
+
+
+def abstract_cohort(module, tx, image_shape, cohort, batch_size, mesh=None):
+    """(state, batch) of one cohort step as ShapeDtypeStructs, sharded as the zoo shards them
+    (state on 'models', batch on its model axis): nothing is materialised, so a thesis-size
+    cohort lowers and compiles on a laptop."""
+    variables = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1,) + tuple(image_shape)))
+    one = dict(params=variables["params"], batch_stats=variables["batch_stats"],
+               opt_state=jax.eval_shape(tx.init, variables["params"]),
+               diverged=jax.ShapeDtypeStruct((), jnp.bool_))
+    sharding = (lambda spec: None) if mesh is None else (lambda spec: NamedSharding(mesh, spec))
+    state = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(
+        (cohort,) + x.shape, x.dtype, sharding=sharding(P("models"))), one)
+    batch = dict(idx=((1, cohort, batch_size), jnp.int32), label=((1, cohort, batch_size), jnp.int32),
+                 active=((1, cohort), jnp.bool_))
+    batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding(P(None, "models")))
+             for k, (shape, dtype) in batch.items()}
+    return state, batch
+
+
+def lower_cohort_step(config, image_shape, num_images=4096):
+    """The zoo's cohort step for `config` (strategy, model dtype, cohort_size per device over every
+    device) lowered and compiled from abstract inputs: (compiled, abstract state, abstract batch)."""
+    module = models.build(config.model, config.tasks.k)
+    tx = step_lib.make_optimizer()
+    mesh = step_lib.make_mesh(0) if jax.device_count() > 1 else None
+    cohort = int(config.cohort_size) * jax.device_count()
+    state, batch = abstract_cohort(module, tx, image_shape, cohort, int(config.batch_size), mesh)
+    x = jax.ShapeDtypeStruct((num_images,) + tuple(image_shape), jnp.float32,
+                             sharding=None if mesh is None else NamedSharding(mesh, P()))
+    step = step_lib.make_cohort_step(module, tx, zoo_stage.resolve_strategy(config), mesh)
+    return step.lower(state, x, batch).compile(), state, batch
+
+
+def train_flops_per_image(config, image_shape):
+    """XLA's count (HLO cost analysis of the lowered, uncompiled step) of one model's train step
+    per image at `config`'s (model, tasks, batch_size) exact shapes and dtype: nothing runs."""
+    module = models.build(config["model"], config["tasks"].k)
+    tx = step_lib.make_optimizer()
+    b = int(config["batch_size"])
+    state, _ = abstract_cohort(module, tx, image_shape, 1, b)
+    one = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), state)
+    cost = step_lib.single_step(module, tx).lower(
+        one, jax.ShapeDtypeStruct((b,) + tuple(image_shape), jnp.float32),
+        jax.ShapeDtypeStruct((b,), jnp.int32)).cost_analysis()
+    return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]) / b
+
+
+def estimate_zoo(estimate):
+    """An ESTIMATE, never a measurement, of the training FLOPs of the zoo `estimate.zoo` (a zoo
+    config, e.g. the thesis-size 'imagenet' preset) and its time on an accelerator at
+    `estimate.utilisation` of `estimate.peak_tflops`: XLA's FLOP count per image of the train step
+    (`train_flops_per_image`, at the zoo's shapes and dtype) x num_models x mean epochs x train
+    images per task (k x images_per_class x (1 - val_fraction)); snapshot evaluation is left out."""
+    z = estimate.zoo
+    shape = (int(z.data.resolution), int(z.data.resolution), int(estimate.channels))
+    flops = train_flops_per_image(dict(model=z.model, tasks=z.tasks, batch_size=z.train.batch_size), shape)
+    images = (int(z.num_models) * float(z.train.max_epoch_mean) * int(z.tasks.k)
+              * float(estimate.images_per_class) * (1 - float(z.data.val_fraction)))
+    total = flops * images
+    return dict(zoo_preset=z.preset, train_flops_per_image=flops, train_images=images, total_flop=total,
+                seconds=total / (float(estimate.peak_tflops) * 1e12 * float(estimate.utilisation)))
 
 
 def _states(tx, variables, n, optimizer="adam"):
@@ -112,13 +175,17 @@ def run(config, workdir):
         sequential_compile_s=seq_compile, batched_compile_s=bat_compile,
         train_flops_per_image=flops, sequential_gflop_s=seq * flops / 1e9,
         batched_gflop_s=bat * flops / 1e9, matmul_peak_gflop_s=peak,
-        batched_peak_share=bat * flops / 1e9 / peak, sequential_peak_share=seq * flops / 1e9 / peak)
-    out = os.path.join(config_lib.stage_dir(workdir, "bench_zoo"), "results.json")
-    with open(out, "w") as f:
-        json.dump(res, f, indent=2)
+        batched_peak_share=bat * flops / 1e9 / peak, sequential_peak_share=seq * flops / 1e9 / peak,
+        estimate=estimate_zoo(config.estimate))
+    io.write_json(os.path.join(config_lib.stage_dir(workdir, "bench_zoo"), "results.json"), res, indent=2)
     print(f"bench_zoo {res['backend']} w{res['width']} {res['resolution']}px b{b} N={n}: "
           f"sequential {seq:.0f} img/s, batched[{strategy} x{config.cohort_size}, "
           f"{config.steps_per_call} steps/call] {bat:.0f} img/s, ratio {bat / seq:.2f}x, "
           f"{flops / 1e6:.2f} MFLOP/img, {res['batched_gflop_s']:.1f} GFLOP/s = "
           f"{100 * res['batched_peak_share']:.1f}% of matmul peak {peak:.0f} GFLOP/s")
+    e, c = res["estimate"], config.estimate
+    print(f"ESTIMATE (XLA FLOP count, not a measurement): the '{e['zoo_preset']}' zoo trains "
+          f"{e['train_images']:.3g} images x {e['train_flops_per_image'] / 1e9:.3f} GFLOP = "
+          f"{e['total_flop']:.2g} FLOP: {e['seconds'] / 60:.1f} min at {100 * c.utilisation:.0f}% of "
+          f"{c.peak_tflops:.0f} TFLOP/s")
     return res
