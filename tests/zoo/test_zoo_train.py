@@ -1,4 +1,5 @@
 """The zoo trainer for real at the tiny preset: numerics, divergence, resume, devices, end to end."""
+import json
 import os
 import shutil
 import subprocess
@@ -66,7 +67,11 @@ def test_tiny_preset_builds_models_with_a_snapshot_trajectory(tiny_zoo):
     stacked = snapshots.load_snapshots(workdir, 0)  # one checkpoint per model, snapshots stacked
     assert stacked["params"]["conv1"]["kernel"].shape[0] == len(steps) + 1
     assert not os.path.exists(os.path.join(workdir, "zoo", "cohorts"))
-    assert os.path.getsize(os.path.join(workdir, "zoo", "log.jsonl")) > 0
+    log = [json.loads(line) for line in open(os.path.join(workdir, "zoo", "log.jsonl"))]
+    assert log
+    for line in log:  # the epoch's time split: saving falls outside its training loop
+        assert min(line[f"{k}_seconds"] for k in ("training", "evaluation", "saving")) >= 0
+        assert line["training_seconds"] + line["evaluation_seconds"] == pytest.approx(line["seconds"])
     module, variables, row = snapshots.load_model(workdir, 0, "final")
     assert row["model_id"] == 0 and "batch_stats" in variables
 

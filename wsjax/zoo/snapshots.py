@@ -5,7 +5,7 @@
     zoo/init/                       the shared initialisation (schemes 'shared', 'pretrained')
     zoo/snapshots/<model_id>/       one Orbax checkpoint per model holding all its snapshots
                                     stacked in step order: {'params': [S, ...], 'batch_stats': [S, ...]}
-    zoo/log.jsonl                   per-epoch training log
+    zoo/log.jsonl                   per cohort-epoch: images/s, seconds of training, evaluation, saving
 
 One checkpoint per model, not per snapshot: an Orbax save costs ~0.12 s whatever it holds (2 CPU
 cores), so nine stacked snapshots save 9x faster. Snapshot `i` of a model is the row of rank `i` by

@@ -18,6 +18,8 @@ it from process 0 and synchronises the processes); models.csv, log.jsonl and the
 process 0's. A cohort's checkpoint is named by its members and slot count, so a rerun on another
 number of devices keeps every finished model and retrains the unfinished cohorts from their init.
 """
+import collections
+import contextlib
 import dataclasses
 import json
 import os
@@ -193,6 +195,18 @@ def _add_losses(traj, pending):
     pending.clear()
 
 
+_SPENT = ("training", "evaluation", "saving")
+
+
+@contextlib.contextmanager
+def _clock(spent, name, wait=None):
+    """Adds the block's seconds to spent[name]; device work queued before it (`wait`) is not its."""
+    jax.block_until_ready(wait)
+    t0 = time.time()
+    yield
+    spent[name] += time.time() - t0
+
+
 def _save_model(ctx, spec, m, traj, diverged):
     schedule = ctx.schedules[spec.model_id]
     status = "diverged" if diverged else "ok"
@@ -224,10 +238,12 @@ def train_cohort(ctx, members, cid, pbar=None):
     steps_per_epoch = [ctx.steps_per_epoch[s.model_id] for s in members]
     done_steps = np.array([start * n for n in steps_per_epoch])
     saved = {m for m, s in enumerate(members) if zoo.done(s, ctx.schedules[s.model_id])}
-    _take_due(ctx, members, state, traj, done_steps, steps_per_epoch)  # step 0: the init itself
+    spent = collections.Counter()  # seconds of training, snapshot evaluation and saving
+    with _clock(spent, "evaluation"):
+        _take_due(ctx, members, state, traj, done_steps, steps_per_epoch)  # step 0: the init itself
     last, saved_at = max(s.max_epoch for s in members), time.time()
     for epoch in range(start, last):
-        t0 = time.time()
+        t0, before = time.time(), spent.copy()
         batches = _epoch_batches(members, ctx.task_idx, epoch, b, per_call, slots)
         pending = []  # minibatch losses not yet added to the running sums
         for i in range(0, batches["active"].shape[0], per_call):
@@ -238,29 +254,36 @@ def train_cohort(ctx, members, cid, pbar=None):
             done_steps += chunk["active"][:, :len(members)].sum(0)
             if _due(ctx, members, traj, done_steps):
                 _add_losses(traj, pending)
-                _take_due(ctx, members, state, traj, done_steps, steps_per_epoch)
+                with _clock(spent, "evaluation", wait=state):
+                    _take_due(ctx, members, state, traj, done_steps, steps_per_epoch)
         _add_losses(traj, pending)
+        jax.block_until_ready(state)
         dt = time.time() - t0
+        spent["training"] += dt - (spent["evaluation"] - before["evaluation"])
         diverged = step_lib.to_host(state["diverged"])
         finished = [m for m, s in enumerate(members) if m not in saved
                     and traj["taken"][:len(ctx.schedules[s.model_id]), m].all()]
-        for m in finished:
-            _save_model(ctx, members[m], m, traj, bool(diverged[m]))
-            saved.add(m)
+        with _clock(spent, "saving"):
+            for m in finished:
+                _save_model(ctx, members[m], m, traj, bool(diverged[m]))
+                saved.add(m)
         # every process must take part in a save: under several, the cadence is every epoch
         checkpoint = time.time() - saved_at >= ctx.checkpoint_every_secs or distributed.is_multiprocess()
         if epoch + 1 < last and checkpoint:
             saved_at = time.time()
-            manager.save(epoch + 1, dict(state=step_lib.to_host(state), trajectory=traj))
+            with _clock(spent, "saving"):
+                manager.save(epoch + 1, dict(state=step_lib.to_host(state), trajectory=traj))
         images = int(batches["active"].sum()) * b
         _log(workdir, dict(cohort=cid, epoch=epoch + 1, models=[s.model_id for s in members],
-                           images_per_sec=images / dt, seconds=dt))
+                           images_per_sec=images / dt, seconds=dt,
+                           **{f"{k}_seconds": spent[k] - before[k] for k in _SPENT}))
         if pbar is not None:
             pbar.set_postfix(cohort=cid[:9], epoch=f"{epoch + 1}/{last}", img_s=f"{images / dt:.0f}")
             pbar.update(len(finished))
     manager.close()
     if distributed.is_primary():
         shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return spent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,6 +352,7 @@ def run(config, workdir):
     done = sum(zoo.done(s, ctx.schedules[s.model_id]) for s in specs)
     if done == len(specs):
         return snapshots.read_manifest(workdir)  # nothing to do: leave every file untouched
+    spent, t0 = collections.Counter(), time.time()
     with tqdm(total=len(specs), initial=done, desc="zoo models", unit="model",
               disable=not distributed.is_primary()) as pbar:
         for cohort in plan_cohorts(specs, ctx.cohort_models):
@@ -339,9 +363,14 @@ def run(config, workdir):
             cid = cohort_id(cohort, ctx.slots)
             if not os.path.isdir(os.path.join(cohort_root, cid)):
                 cohort, cid = pending, cohort_id(pending, ctx.slots)
-            train_cohort(ctx, cohort, cid, pbar)
+            spent += train_cohort(ctx, cohort, cid, pbar)
     if distributed.is_primary():
         shutil.rmtree(cohort_root, ignore_errors=True)
         snapshots.write_manifest(workdir, list(zoo.rows.values()))
     distributed.barrier("zoo manifest written")
+    total = time.time() - t0
+    if distributed.is_primary():
+        print(f"zoo: {len(specs) - done} models in {total:.0f} s: "
+              + ", ".join(f"{k} {spent[k]:.0f} s" for k in _SPENT)
+              + f" (compiles included), other {total - sum(spent.values()):.0f} s")
     return snapshots.read_manifest(workdir)
