@@ -6,7 +6,6 @@ runs under `workdir/seed_<s>/` and `workdir/metrics.json` + `workdir/report.md` 
 evaluate metric as mean ± std over seeds. Under several processes every process runs the demo
 (each stage then runs where wsjax.stages says) and process 0 writes the aggregate.
 """
-import json
 import os
 import time
 
@@ -14,6 +13,7 @@ import numpy as np
 from absl import logging
 
 from wsjax.common import distributed, io
+from wsjax.evaluate import stage as evaluate_stage
 from wsjax.stages import run_stage, validate
 
 
@@ -84,7 +84,7 @@ def flatten(tree, prefix=""):
 
 def aggregate(workdirs, seeds, out_dir):
     """metrics.json {key: {mean, std, values}} and report.md over the seeds' evaluate metrics."""
-    flat = [flatten(json.load(open(os.path.join(w, "evaluate", "metrics.json")))) for w in workdirs]
+    flat = [flatten(evaluate_stage.load(w)) for w in workdirs]
     keys = [k for k in flat[0] if all(k in f for f in flat)]
     summary = {k: dict(mean=float(np.mean([f[k] for f in flat])), std=float(np.std([f[k] for f in flat])),
                        values=[f[k] for f in flat]) for k in keys}

@@ -276,10 +276,24 @@ def summarise(records, at_median, samplers, no_selection):
     return out
 
 
+def paths(workdir):
+    d = os.path.join(workdir, "evaluate")
+    return dict(dir=d, metrics=os.path.join(d, "metrics.json"), records=os.path.join(d, "records.json"),
+                report=os.path.join(d, "report.md"))
+
+
+def load(workdir):
+    """The evaluate stage's metrics.json of `workdir`; a clear error if it has not finished."""
+    path = paths(workdir)["metrics"]
+    require(os.path.exists(path), f"{path} not found: run the 'evaluate' stage with this --workdir first")
+    with open(path) as f:
+        return json.load(f)
+
+
 def run(config, workdir):
-    out_dir = config_lib.stage_dir(workdir, "evaluate")
-    if os.path.exists(os.path.join(out_dir, "metrics.json")):
-        return json.load(open(os.path.join(out_dir, "metrics.json")))
+    out_dir, out = config_lib.stage_dir(workdir, "evaluate"), paths(workdir)
+    if os.path.exists(out["metrics"]):
+        return load(workdir)
     require(len(config.target_quantiles) >= 2, "config.target_quantiles needs >= 2 quantiles for R²")
     require(config.no_selection in config.samplers,
             f"config.no_selection={config.no_selection!r} must be one of config.samplers {config.samplers}")
@@ -302,8 +316,8 @@ def run(config, workdir):
         path = stage.paths(workdir)["metrics"]  # each stage's own metrics, beside ours
         if os.path.exists(path):
             results[name] = json.load(open(path))
-    io.write_json(os.path.join(out_dir, "records.json"), dict(records=records, at_median=at_median))
+    io.write_json(out["records"], dict(records=records, at_median=at_median))
     report.write(out_dir, results, records, at_median, config)
-    io.write_json(os.path.join(out_dir, "metrics.json"), results, indent=2)
+    io.write_json(out["metrics"], results, indent=2)
     print(report.one_line(results))
     return results

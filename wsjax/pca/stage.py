@@ -128,16 +128,23 @@ def _load_block(path):
     return fits, out
 
 
-def _complete(out_dir):
-    files = ("meta.json", "coeffs.npz", "explained_variance.png", "summary.json")
-    return checkpoints.exists(os.path.join(out_dir, "state")) and all(
-        os.path.exists(os.path.join(out_dir, f)) for f in files)
+def paths(workdir):
+    d = os.path.join(workdir, STAGE)
+    return dict(dir=d, state=os.path.join(d, "state"), meta=os.path.join(d, "meta.json"),
+                coeffs=os.path.join(d, "coeffs.npz"), plot=os.path.join(d, "explained_variance.png"),
+                summary=os.path.join(d, "summary.json"), blocks=os.path.join(d, "blocks"))
+
+
+def _complete(workdir):
+    p = paths(workdir)
+    return checkpoints.exists(p["state"]) and all(
+        os.path.exists(p[f]) for f in ("meta", "coeffs", "plot", "summary"))
 
 
 def run(config, workdir):
     check_config(config)
-    out_dir = config_lib.stage_dir(workdir, STAGE)
-    if _complete(out_dir):
+    out_dir, out = config_lib.stage_dir(workdir, STAGE), paths(workdir)
+    if _complete(workdir):
         logging.info("pca: outputs in %s are complete, nothing to do", out_dir)
         return load(workdir)
     start = time.time()
@@ -153,7 +160,7 @@ def run(config, workdir):
     shape_of = dict(shapes)
     blocks = plan_blocks(shapes, len(rows), config.pca.block_bytes)
 
-    block_dir = os.path.join(out_dir, "blocks")
+    block_dir = out["blocks"]
     os.makedirs(block_dir, exist_ok=True)
     plan = dict(settings={k: config.pca[k] for k in _FIT_FIELDS}, seed=config.seed,
                 snapshots=[f"{r['model_id']}_{r['snapshot']}" for r in rows], blocks=blocks)
@@ -168,7 +175,7 @@ def run(config, workdir):
         io.write_json(plan_path, plan)
 
     keys = leaf_keys(config.seed, names)
-    fits, out = {}, {}
+    fits, leaves = {}, {}
     bar = tqdm(total=len(names), desc="pca parameters", unit="param")
     for i, block in enumerate(blocks):
         path = os.path.join(block_dir, f"block_{i:04d}.npz")
@@ -178,22 +185,22 @@ def run(config, workdir):
             _save_block(path, block, f, o)
         f, o = _load_block(path)
         fits.update(f)
-        out.update(o)
+        leaves.update(o)
         bar.update(len(block))
     bar.close()
 
     p = fit_lib.build(fits, shapes, config.pca.var_floor)
-    coeffs = np.concatenate([out[n]["coeffs"] for n in names], axis=1).astype(np.float32)
+    coeffs = np.concatenate([leaves[n]["coeffs"] for n in names], axis=1).astype(np.float32)
     assert coeffs.shape == (len(rows), p.num_coeffs)
-    save(out_dir, p)
-    io.savez(os.path.join(out_dir, "coeffs.npz"), coeffs=coeffs,
+    save(workdir, p)
+    io.savez(out["coeffs"], coeffs=coeffs,
              model_id=np.array([r["model_id"] for r in rows]),
              snapshot=np.array([r["snapshot"] for r in rows]),
              split=np.array([r["split"] for r in rows]),
              status=np.array([r["status"] for r in rows]))
-    summary = summarize(p, fits, out, rows, train, time.time() - start)
-    plot(os.path.join(out_dir, "explained_variance.png"), p, fits)
-    io.write_json(os.path.join(out_dir, "summary.json"), summary)
+    summary = summarize(p, fits, leaves, rows, train, time.time() - start)
+    plot(out["plot"], p, fits)
+    io.write_json(out["summary"], summary)
     t = summary["totals"]
     logging.info("pca: K=%d coefficients for %d weights; train energy %.4f, held-out energy in "
                  "span %.4f; %.1f s", t["num_coeffs"], t["dim"], t["train_energy"],
@@ -259,24 +266,25 @@ def plot(path, p, fits):
     plt.close(fig)
 
 
-def save(out_dir, p):
+def save(workdir, p):
     """Orbax state plus meta.json; the state directory is written by atomic rename."""
-    checkpoints.save(os.path.join(out_dir, "state"),
-               {"mean": fit_lib.nest(p.mean), "basis": fit_lib.nest(p.basis) or {"_": np.zeros(0)}})
+    out = paths(workdir)
+    checkpoints.save(out["state"],
+                     {"mean": fit_lib.nest(p.mean), "basis": fit_lib.nest(p.basis) or {"_": np.zeros(0)}})
     meta = dict(segments=[list(s) for s in p.segments],
                 shapes=[[n, list(s)] for n, s in p.shapes], var_floor=p.var_floor)
-    io.write_json(os.path.join(out_dir, "meta.json"), meta)
+    io.write_json(out["meta"], meta)
 
 
 def load(workdir):
     """The fitted PCA of `workdir/pca` (jnp arrays)."""
-    out_dir = os.path.join(workdir, STAGE)
-    meta_path = os.path.join(out_dir, "meta.json")
+    out = paths(workdir)
+    meta_path = out["meta"]
     require(os.path.exists(meta_path), f"{meta_path} not found: run the 'pca' stage with this "
             "--workdir first")
     with open(meta_path) as f:
         meta = json.load(f)
-    state = checkpoints.restore(os.path.join(out_dir, "state"), stage=STAGE)
+    state = checkpoints.restore(out["state"], stage=STAGE)
     segments = tuple((n, int(a), int(b), m) for n, a, b, m in meta["segments"])
     mean, basis = fit_lib.flatten(state["mean"]), fit_lib.flatten(state["basis"])
     basis = {n: basis[n] for n, _, _, m in segments if m == "pca"}
@@ -288,7 +296,7 @@ def load(workdir):
 
 def load_coeffs(workdir):
     """dict(coeffs [S, K] float32, model_id [S], snapshot [S], split [S], status [S])."""
-    path = os.path.join(workdir, STAGE, "coeffs.npz")
+    path = paths(workdir)["coeffs"]
     require(os.path.exists(path), f"{path} not found: run the 'pca' stage with this --workdir first")
     z = np.load(path)
     return {k: z[k] for k in ("coeffs", "model_id", "snapshot", "split", "status")}
