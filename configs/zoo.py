@@ -33,7 +33,9 @@ def get_config(arg=None):
     ))
     c.model = ml_collections.ConfigDict(dict(
         width=4, stem="small", dtype="float32",
-        activations=("relu",),  # drawn uniformly per model from 'relu' | 'gelu' | 'tanh'
+        # drawn uniformly per model from 'relu' | 'gelu' | 'tanh'; a cohort holds one activation
+        # (one compiled step each); the stages after pca need one activation per zoo
+        activations=("relu",),
     ))
     c.init = "shared"      # 'shared' | 'per_model' | 'pretrained'
     c.init_seed = 0
