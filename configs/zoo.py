@@ -31,9 +31,19 @@ def get_config(arg=None):
         held_out_seed=0,
         models_per_set=3,  # models sharing each class set (other seeds and learning rates)
     ))
-    c.model = ml_collections.ConfigDict(dict(width=4, stem="small", dtype="float32"))
+    c.model = ml_collections.ConfigDict(dict(
+        width=4, stem="small", dtype="float32",
+        # drawn uniformly per model from 'relu' | 'gelu' | 'tanh'; a cohort holds one activation
+        # (one compiled step each); the stages after pca need one activation per zoo
+        activations=("relu",),
+    ))
     c.init = "shared"      # 'shared' | 'per_model' | 'pretrained'
     c.init_seed = 0
+    # Conv and dense kernels' initializer (jax.nn.initializers, default arguments): 'lecun_normal'
+    # (flax's own) | 'normal' | 'uniform' | 'truncated_normal' | 'glorot_normal' | 'glorot_uniform'
+    # | 'he_normal' | 'he_uniform' | 'orthogonal'. Drawn uniformly per model under 'per_model';
+    # one method (the one shared init's) under 'shared' and 'pretrained' (its fresh head).
+    c.init_methods = ("lecun_normal",)
     c.pretrain = ml_collections.ConfigDict(dict(epochs=4, batch_size=128, learning_rate=3e-3))
     c.num_models = 96      # 32 class sets x models_per_set
     c.model_splits = ml_collections.ConfigDict(dict(val=8, test=8))  # models held out of PCA/AE
@@ -43,6 +53,8 @@ def get_config(arg=None):
         # 'final' at the last step; () = the thesis's schedule: 'early' at early_epoch, 'final'.
         snapshot_steps=(0, 1, 2, 4, 8, 16, 32, 64),
         optimizers=("adam",),          # drawn uniformly per model
+        train_fractions=(1.0,),        # drawn per model: share of its task's train images it
+                                       # trains on (a subset from its seed), spreads generalisation
         adam_lr=(1e-3, 1e-2),          # log-uniform
         sgd_lr=(1e-2, 1e-1),           # log-uniform
         momentum=(0.8, 0.95),          # uniform, SGD only

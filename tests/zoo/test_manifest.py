@@ -1,4 +1,5 @@
 """A damaged zoo/models.csv (issue 12, case 5) stops with one sentence naming the file and line."""
+import csv
 import os
 
 import pytest
@@ -8,8 +9,8 @@ from wsjax.zoo import snapshots
 
 ROW = dict(model_id=0, snapshot="final", step=2, epoch=2, max_epoch=2, classes="0-1-2", split="train",
            status="ok", optimizer="adam", learning_rate=1e-3, weight_decay=0.0, momentum=0.0,
-           batch_size=64, init="shared", init_seed=0, seed=0, train_loss=1.0, val_loss=1.1,
-           val_accuracy=0.5)
+           batch_size=64, init="shared", init_seed=0, init_method="glorot_uniform", activation="tanh",
+           train_fraction=0.5, seed=0, train_loss=1.0, val_loss=1.1, val_accuracy=0.5)
 
 
 @pytest.fixture
@@ -31,6 +32,21 @@ def _edit(path, edit):
 def test_an_intact_manifest_reads_with_types(manifest):
     rows = snapshots.read_manifest(manifest[0])
     assert len(rows) == 6 and rows[0]["classes"] == (0, 1, 2) and rows[0]["val_loss"] == 1.1
+    assert (rows[0]["init_method"], rows[0]["activation"], rows[0]["train_fraction"]) == (
+        "glorot_uniform", "tanh", 0.5)
+
+
+def test_a_manifest_from_before_the_variety_columns_reads_as_the_defaults_it_was_built_with(manifest):
+    workdir, path = manifest
+    added = ("init_method", "activation", "train_fraction")
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, [k for k in snapshots.MANIFEST_FIELDS if k not in added])
+        w.writeheader()
+        w.writerows({k: v for k, v in r.items() if k not in added} for r in rows)
+    row = snapshots.read_manifest(workdir)[0]
+    assert (row["init_method"], row["activation"], row["train_fraction"]) == ("lecun_normal", "relu", 1.0)
 
 
 @pytest.mark.parametrize("edit,expected", [

@@ -84,9 +84,9 @@ def test_shared_init_gives_every_model_the_same_start(tmp_path):
     config = zoo_configs.get_config("tiny")
     module, shape = _tiny_module(config)
     init = init_lib.initializer(config, module, shape, str(tmp_path))
-    a, b = init(0), init(7)
+    a, b = init(0, "lecun_normal"), init(7, "lecun_normal")
     jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
-    again = init_lib.initializer(config, module, shape, str(tmp_path))(3)  # read back from zoo/init
+    again = init_lib.initializer(config, module, shape, str(tmp_path))(3, "lecun_normal")  # zoo/init
     jax.tree_util.tree_map(np.testing.assert_array_equal, a, again)
 
 
@@ -95,9 +95,10 @@ def test_per_model_init_gives_models_different_starts(tmp_path):
     config.init = "per_model"
     module, shape = _tiny_module(config)
     init = init_lib.initializer(config, module, shape, str(tmp_path))
-    a, b = init(0), init(1)
+    a, b = init(0, "lecun_normal"), init(1, "lecun_normal")
     assert not np.allclose(a["params"]["conv1"]["kernel"], b["params"]["conv1"]["kernel"])
-    np.testing.assert_array_equal(a["params"]["conv1"]["kernel"], init(0)["params"]["conv1"]["kernel"])
+    np.testing.assert_array_equal(a["params"]["conv1"]["kernel"],
+                                  init(0, "lecun_normal")["params"]["conv1"]["kernel"])
 
 
 def test_models_share_class_sets_and_held_out_models_keep_train_models_of_their_set():

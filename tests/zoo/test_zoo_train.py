@@ -241,7 +241,7 @@ def test_pretrained_base_is_trained_once_and_reused(tmp_path, monkeypatch):
     _, again = pretrain.base_network(config, str(tmp_path))
     jax.tree_util.tree_map(np.testing.assert_array_equal, base, again)
     zoo_module = models.build(config.model, 3)
-    init = init_lib.initializer(config, zoo_module, (12, 12, 1), str(tmp_path))(5)
+    init = init_lib.initializer(config, zoo_module, (12, 12, 1), str(tmp_path))(5, "lecun_normal")
     np.testing.assert_array_equal(init["params"]["layer4_1"]["conv2"]["kernel"],
                                   base["params"]["layer4_1"]["conv2"]["kernel"])
     assert init["params"]["fc"]["kernel"].shape[-1] == 3

@@ -12,25 +12,29 @@ import numpy as np
 
 from wsjax.common.config import require
 
+ACTIVATIONS = ("relu", "gelu", "tanh")  # flax.linen functions of these names
+
 
 class BasicBlock(nn.Module):
     features: int
     strides: int
     dtype: Any
+    activation: str
 
     @nn.compact
     def __call__(self, x, train):
+        act = getattr(nn, self.activation)
         conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
         norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                                  epsilon=1e-5, dtype=self.dtype)
         y = conv(self.features, (3, 3), self.strides, padding=1, name="conv1")(x)
-        y = nn.relu(norm(name="bn1")(y))
+        y = act(norm(name="bn1")(y))
         y = conv(self.features, (3, 3), 1, padding=1, name="conv2")(y)
         y = norm(name="bn2")(y)
         if self.strides != 1 or x.shape[-1] != self.features:
             x = conv(self.features, (1, 1), self.strides, name="down_conv")(x)
             x = norm(name="down_bn")(x)
-        return nn.relu(x + y)
+        return act(x + y)
 
 
 class ResNet18(nn.Module):
@@ -38,6 +42,7 @@ class ResNet18(nn.Module):
     width: int = 64
     stem: str = "imagenet"  # 'imagenet': 7x7/2 conv + max-pool; 'small': 3x3/1 conv (<= 32 px)
     dtype: Any = jnp.float32
+    activation: str = "relu"  # one of ACTIVATIONS
 
     @nn.compact
     def __call__(self, x, train=False, features=False):
@@ -51,13 +56,13 @@ class ResNet18(nn.Module):
                         name="conv1")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                          dtype=self.dtype, name="bn1")(x)
-        x = nn.relu(x)
+        x = getattr(nn, self.activation)(x)
         if self.stem == "imagenet":
             x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         for stage, mult in enumerate((1, 2, 4, 8)):
             for block in range(2):
                 strides = 2 if stage > 0 and block == 0 else 1
-                x = BasicBlock(self.width * mult, strides, self.dtype,
+                x = BasicBlock(self.width * mult, strides, self.dtype, self.activation,
                                name=f"layer{stage + 1}_{block}")(x, train)
         x = jnp.mean(x, axis=(1, 2))
         if features:
@@ -65,15 +70,24 @@ class ResNet18(nn.Module):
         return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x).astype(jnp.float32)
 
 
-def build(config, num_classes):
-    """ResNet18 from a model ConfigDict (width, stem, dtype)."""
+def build(config, num_classes, activation=None):
+    """ResNet18 from a model ConfigDict (width, stem, dtype, activations). A zoo drawing several
+    `activations` per model builds each model with its own (`activation`, its manifest row's)."""
     require(config.width >= 1, f"config.model.width must be >= 1, got {config.width}")
     require(config.stem in ("imagenet", "small"),
             f"config.model.stem must be 'imagenet' or 'small', got {config.stem!r}")
     require(config.dtype in ("float32", "bfloat16"),
             f"config.model.dtype must be 'float32' or 'bfloat16', got {config.dtype!r}")
+    choices = tuple(config.get("activations", ("relu",)))  # configs older than the field: relu
+    require(len(choices) >= 1 and all(a in ACTIVATIONS for a in choices),
+            f"config.model.activations must be a non-empty subset of {ACTIVATIONS}, got {choices}")
+    require(activation is not None or len(choices) == 1,
+            f"config.model.activations={choices} mixes activations across the zoo's models: only "
+            "the zoo stage and wsjax.zoo.load_model (one model at a time) build such a zoo's models")
+    require(activation is None or activation in choices,
+            f"activation {activation!r} is not one of config.model.activations={choices}")
     return ResNet18(num_classes=num_classes, width=int(config.width), stem=config.stem,
-                    dtype=jnp.dtype(config.dtype))
+                    dtype=jnp.dtype(config.dtype), activation=activation or choices[0])
 
 
 def count_params(tree):

@@ -4,6 +4,8 @@ Optimizer Adam or SGD at random, learning rate log-uniform in the optimizer's ra
 log-uniform, momentum uniform (SGD), early snapshot epoch ~ U(early_epoch), max epoch ~ a normal
 truncated to `max_epoch_range`, the task's class set (`tasks.models_per_set` models share one), and
 the model's split (train/val/test; a val/test model's class set keeps train models where it can).
+The variety axes (init method, activation, train-set fraction) are drawn uniformly from their
+tuples of choices by a stream of their own, so the draws above stay what they were without them.
 
 Snapshots follow one of two schedules: the thesis's ('early' at the early epoch, 'final' at the max
 epoch) when `train.snapshot_steps` is empty, else a step schedule ('step<N>' at each listed step
@@ -15,6 +17,9 @@ import numpy as np
 
 from wsjax import data
 from wsjax.common.config import require
+from wsjax.data.tasks import task_indices
+from wsjax.models import ACTIVATIONS
+from wsjax.zoo.init import INIT_METHODS
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -31,6 +36,9 @@ class ModelSpec:
     early_epoch: int
     max_epoch: int
     seed: int           # data-order seed of this model
+    init_method: str    # kernel initializer (wsjax.zoo.init.INIT_METHODS)
+    activation: str     # 'relu' | 'gelu' | 'tanh'
+    train_fraction: float  # share of its task's train images it trains on
 
 
 def validate(config):
@@ -70,6 +78,22 @@ def validate(config):
     require(t.diverge_loss_factor > 0,
             f"config.train.diverge_loss_factor must be > 0, got {t.diverge_loss_factor}")
     require(t.max_epoch_std >= 0, f"config.train.max_epoch_std must be >= 0, got {t.max_epoch_std}")
+    _require_choices("config.init_methods", config.init_methods, INIT_METHODS)
+    require(config.init == "per_model" or len(config.init_methods) == 1,
+            f"config.init_methods must hold one method under init={config.init!r} (its one shared "
+            f"init), got {tuple(config.init_methods)}")
+    _require_choices("config.model.activations", config.model.activations, ACTIVATIONS)
+    require(config.init != "pretrained" or len(config.model.activations) == 1,
+            f"config.model.activations must hold one activation under init='pretrained' (its base "
+            f"network's), got {tuple(config.model.activations)}")
+    fractions = tuple(t.train_fractions)
+    require(len(fractions) >= 1 and all(0 < f <= 1 for f in fractions),
+            f"config.train.train_fractions must be a non-empty tuple of values in (0, 1], got {fractions}")
+
+
+def _require_choices(field, choices, allowed):
+    require(len(choices) >= 1 and all(c in allowed for c in choices),
+            f"{field} must be a non-empty tuple of {allowed}, got {tuple(choices)}")
 
 
 def _log_uniform(rng, lo, hi, n):
@@ -130,7 +154,24 @@ def sample_specs(config, num_classes):
     early = rng.integers(t.early_epoch[0], t.early_epoch[1] + 1, n)
     final = truncated_normal_int(rng, t.max_epoch_mean, t.max_epoch_std, *t.max_epoch_range, n)
     split = _splits(config, tasks, rng)
+    variety = np.random.default_rng([config.seed, 2])
+    method = variety.choice(list(config.init_methods), n)
+    act = variety.choice(list(config.model.activations), n)
+    fraction = variety.choice(list(t.train_fractions), n)
     return [ModelSpec(i, tuple(int(c) for c in tasks[i]), str(split[i]), str(opt[i]), float(lr[i]),
                       float(wd[i]), float(mom[i]), int(early[i]), int(final[i]),
-                      int(config.seed) * 1_000_003 + i)
+                      int(config.seed) * 1_000_003 + i, str(method[i]), str(act[i]),
+                      float(fraction[i]))
             for i in range(n)]
+
+
+def train_indices(labels, spec):
+    """(indices into the train images, local labels) the model trains on: its task's images, or a
+    `train_fraction` share of them drawn from its seed (in index order)."""
+    idx, local = task_indices(labels, spec.classes)
+    if spec.train_fraction == 1.0:
+        return idx, local
+    # a stream apart from the data order's, default_rng([seed, epoch])
+    rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(1,)))
+    keep = np.sort(rng.permutation(len(idx))[:max(1, round(spec.train_fraction * len(idx)))])
+    return idx[keep], local[keep]

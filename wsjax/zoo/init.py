@@ -4,6 +4,9 @@
 'per_model': each model its own init from (init_seed, model_id), as independent runs;
 'pretrained': the body of one base ResNet-18 trained once on all classes (wsjax.zoo.pretrain) with
 the shared init's fresh k-way head (the combined start is saved at zoo/init/).
+
+`config.init_methods` names the initializer of conv and dense kernels (biases and BatchNorm keep
+flax's); the default, 'lecun_normal', is flax's own, so its inits are `module.init`'s bit for bit.
 """
 import os
 
@@ -19,13 +22,32 @@ def init_path(workdir):
     return os.path.join(snapshots.zoo_dir(workdir), "init")
 
 
-def random_init(module, image_shape, key):
+DEFAULT_METHOD = "lecun_normal"  # flax's kernel init: every zoo's method before the field existed
+INIT_METHODS = (DEFAULT_METHOD, "normal", "uniform", "truncated_normal", "glorot_normal",
+                "glorot_uniform", "he_normal", "he_uniform", "orthogonal")  # jax.nn.initializers
+
+
+def random_init(module, image_shape, key, method=DEFAULT_METHOD):
+    """{'params', 'batch_stats'} (numpy) of `module.init(key)`, its conv and dense kernels redrawn
+    with jax.nn.initializers.<method>() unless `method` is flax's own."""
     variables = module.init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32))
-    return jax.tree_util.tree_map(np.asarray, dict(variables))
+    variables = jax.tree_util.tree_map(np.asarray, dict(variables))
+    if method != DEFAULT_METHOD:
+        variables["params"] = _redraw_kernels(variables["params"], method, jax.random.fold_in(key, 1))
+    return variables
+
+
+def _redraw_kernels(params, method, key):
+    init = getattr(jax.nn.initializers, method)()  # conv kernels are HWIO: fan axes -2, -1
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    return jax.tree_util.tree_unflatten(treedef, [
+        np.asarray(init(jax.random.fold_in(key, i), x.shape, x.dtype))
+        if path[-1].key == "kernel" else x for i, (path, x) in enumerate(leaves)])
 
 
 def _fresh_shared(config, module, image_shape, workdir):
-    variables = random_init(module, image_shape, jax.random.key(config.init_seed))
+    variables = random_init(module, image_shape, jax.random.key(config.init_seed),
+                            config.init_methods[0])
     if config.init == "pretrained":
         from wsjax.zoo import pretrain
         _, base = pretrain.base_network(config, workdir)
@@ -36,12 +58,15 @@ def _fresh_shared(config, module, image_shape, workdir):
 
 
 def initializer(config, module, image_shape, workdir):
-    """model_id -> starting variables {'params', 'batch_stats'} (numpy) for `config.init`."""
+    """(model_id, init method) -> starting variables {'params', 'batch_stats'} (numpy) for
+    `config.init`; under 'shared' and 'pretrained' every model's method is the one shared init's
+    (`config.init_methods` holds only it)."""
     if config.init == "per_model":
         key = jax.random.key(config.init_seed)
-        return lambda model_id: random_init(module, image_shape, jax.random.fold_in(key, model_id))
+        return lambda model_id, method: random_init(
+            module, image_shape, jax.random.fold_in(key, model_id), method)
     path = init_path(workdir)
     if not checkpoints.exists(path):
         checkpoints.save(path, _fresh_shared(config, module, image_shape, workdir))
     shared = checkpoints.restore(path, stage="zoo")
-    return lambda model_id: shared
+    return lambda model_id, method: shared

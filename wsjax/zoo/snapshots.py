@@ -27,11 +27,14 @@ from wsjax.data.tasks import parse_class_sets
 
 MANIFEST_FIELDS = (
     "model_id", "snapshot", "step", "epoch", "max_epoch", "classes", "split", "status", "optimizer",
-    "learning_rate", "weight_decay", "momentum", "batch_size", "init", "init_seed", "seed",
-    "train_loss", "val_loss", "val_accuracy",
+    "learning_rate", "weight_decay", "momentum", "batch_size", "init", "init_seed", "init_method",
+    "activation", "train_fraction", "seed", "train_loss", "val_loss", "val_accuracy",
 )
 _INT = ("model_id", "step", "epoch", "max_epoch", "batch_size", "init_seed", "seed")
-_FLOAT = ("learning_rate", "weight_decay", "momentum", "train_loss", "val_loss", "val_accuracy")
+_FLOAT = ("learning_rate", "weight_decay", "momentum", "train_fraction", "train_loss", "val_loss",
+          "val_accuracy")
+# Columns added after zoos were first written: a manifest without them reads as what its models had.
+_ADDED = dict(init_method="lecun_normal", activation="relu", train_fraction="1.0")
 
 
 def zoo_dir(workdir, root="zoo"):
@@ -65,7 +68,7 @@ def read_manifest(workdir, root="zoo"):
     require(os.path.exists(path), f"{path} not found: run the {root} stage with this --workdir first")
     rows = []
     with open(path, newline="") as f:
-        for row in check_manifest(list(csv.DictReader(f)), path):
+        for row in check_manifest([{**_ADDED, **r} for r in csv.DictReader(f)], path):
             for k in _INT:
                 row[k] = int(row[k])
             for k in _FLOAT:
@@ -127,7 +130,8 @@ def load_variables(workdir, model_id, tag="final", root="zoo"):
 
 
 def load_model(workdir, model_id, tag="final", root="zoo"):
-    """(module, variables, manifest row) of one snapshot: `module.apply(variables, x)`.
+    """(module, variables, manifest row) of one snapshot: `module.apply(variables, x)`, the module
+    with the model's own activation.
 
     `root` is the stage directory holding a zoo layout: 'zoo', or 'sample/<request>' for sampled models.
     """
@@ -136,7 +140,7 @@ def load_model(workdir, model_id, tag="final", root="zoo"):
     rows = [r for r in read_manifest(workdir, root)
             if r["model_id"] == int(model_id) and r["snapshot"] == tag]
     require(rows, f"model {model_id} snapshot {tag!r} is not in {zoo_dir(workdir, root)}/models.csv")
-    module = models.build(config.model, num_classes=config.tasks.k)
+    module = models.build(config.model, config.tasks.k, rows[0]["activation"])
     return module, load_variables(workdir, model_id, tag, root), rows[0]
 
 

@@ -1,7 +1,8 @@
 """Zoo stage: `run(config, workdir)` trains every model of the zoo, cohort by cohort.
 
-Cohorts group models by length (max epoch), so a cohort wastes few steps on finished models, and
-are padded to `cohort_size * num_devices` slots so one compiled step serves every cohort. Each
+Cohorts group models by activation (one module and compiled step each) and, within it, by length
+(max epoch), so a cohort wastes few steps on finished models, and are padded to
+`cohort_size * num_devices` slots so one compiled step serves every cohort of an activation. Each
 cohort is stepped by one jitted call per `steps_per_call` steps (wsjax.zoo.step) with the dataset
 on device and per-model batch indices from per-(model, epoch) seeds. A snapshot is evaluated on
 the task's val images as soon as its step (hparams.snapshot_schedule) is reached and kept on the
@@ -36,7 +37,7 @@ from tqdm import tqdm
 from wsjax import data, models
 from wsjax.common import distributed, checkpoints
 from wsjax.common.config import ConfigError, require
-from wsjax.data.tasks import format_classes, task_indices
+from wsjax.data.tasks import format_classes
 from wsjax.models import inference
 from wsjax.zoo import hparams
 from wsjax.zoo import init as init_lib
@@ -52,10 +53,15 @@ def resolve_strategy(config):
 
 
 def plan_cohorts(specs, size):
-    """Lists of specs sorted by (max_epoch, model_id), chunks of `size`: Adam and SGD models share
-    cohorts (one union optimizer state), and similar lengths waste few steps."""
-    order = sorted(specs, key=lambda s: (s.max_epoch, s.model_id))
-    return [order[i:i + size] for i in range(0, len(order), size)]
+    """Lists of specs of one activation each (a cohort is one module), sorted by (max_epoch,
+    model_id), chunks of `size`: Adam and SGD models share cohorts (one union optimizer state),
+    and similar lengths waste few steps."""
+    cohorts = []
+    for activation in sorted({s.activation for s in specs}):
+        order = sorted((s for s in specs if s.activation == activation),
+                       key=lambda s: (s.max_epoch, s.model_id))
+        cohorts += [order[i:i + size] for i in range(0, len(order), size)]
+    return cohorts
 
 
 def cohort_id(members, slots):
@@ -134,7 +140,9 @@ def _row(config, spec, tag, status, metrics):
                 status=status, optimizer=spec.optimizer, learning_rate=spec.learning_rate,
                 weight_decay=spec.weight_decay, momentum=spec.momentum,
                 batch_size=int(config.train.batch_size), init=config.init,
-                init_seed=int(config.init_seed), seed=spec.seed, train_loss=float(m["train_loss"]),
+                init_seed=int(config.init_seed), init_method=spec.init_method,
+                activation=spec.activation, train_fraction=spec.train_fraction, seed=spec.seed,
+                train_loss=float(m["train_loss"]),
                 val_loss=float(m["val_loss"]), val_accuracy=float(m["val_accuracy"]))
 
 
@@ -163,10 +171,11 @@ def _take_due(ctx, members, state, traj, done_steps, steps_per_epoch):
     if not due:
         return
     slots = np.array([m for m, _ in due])
+    module = ctx.modules[members[0].activation]
     host = step_lib.to_host({k: state[k] for k in ("params", "batch_stats")})
     variables = jax.tree_util.tree_map(lambda x: x[slots], host)
     val = [data.task_split(ctx.dataset, members[m].classes, "val") for m in slots]
-    val_loss, val_acc = inference.scores_each(ctx.module, variables, val)
+    val_loss, val_acc = inference.scores_each(module, variables, val)
     # The init (no step taken yet) has no minibatch losses: its loss on (up to) 512 train images.
     # Otherwise the mean minibatch loss since the model's last snapshot.
     counts = traj["loss_count"][slots]
@@ -176,7 +185,7 @@ def _take_due(ctx, members, state, traj, done_steps, steps_per_epoch):
         train = [(ctx.dataset.x_train[gi[:512]], local[:512]) for gi, local in
                  (ctx.task_idx[members[m].model_id] for m in slots[fresh])]
         train_loss[fresh] = inference.scores_each(
-            ctx.module, jax.tree_util.tree_map(lambda x: x[fresh], variables), train)[0]
+            module, jax.tree_util.tree_map(lambda x: x[fresh], variables), train)[0]
     for i, (m, j) in enumerate(due):
         traj["metrics"][j, m] = (done_steps[m], done_steps[m] // steps_per_epoch[m], train_loss[i],
                                  val_loss[i], val_acc[i])
@@ -223,8 +232,8 @@ def train_cohort(ctx, members, cid, pbar=None):
     config, workdir, zoo = ctx.config, ctx.workdir, ctx.zoo
     mesh, per_call, b = ctx.mesh, ctx.steps_per_call, int(config.train.batch_size)
     slots, tx = ctx.slots, ctx.tx
-    states = [step_lib.init_model_state(tx, ctx.init(s.model_id), s.optimizer, s.learning_rate,
-                                        s.weight_decay, s.momentum) for s in members]
+    states = [step_lib.init_model_state(tx, ctx.init(s.model_id, s.init_method), s.optimizer,
+                                        s.learning_rate, s.weight_decay, s.momentum) for s in members]
     state = step_lib.stack(states + [states[0]] * (slots - len(members)))  # inactive padding
     num_snapshots = max(len(ctx.schedules[s.model_id]) for s in members)
     # the fresh state is the restore target: it gives the restored tree its structure
@@ -234,7 +243,7 @@ def train_cohort(ctx, members, cid, pbar=None):
     traj = jax.tree_util.tree_map(np.array, restored["trajectory"])  # writable host copies
     state = step_lib.place(jax.tree_util.tree_map(np.asarray, restored["state"]), mesh,
                            step_lib.P("models"))
-    step = ctx.step
+    step = ctx.steps[members[0].activation]
     steps_per_epoch = [ctx.steps_per_epoch[s.model_id] for s in members]
     done_steps = np.array([start * n for n in steps_per_epoch])
     saved = {m for m, s in enumerate(members) if zoo.done(s, ctx.schedules[s.model_id])}
@@ -293,12 +302,12 @@ class Setup:
     workdir: str
     dataset: Any
     specs: list
-    module: Any
+    modules: dict            # activation -> module
     mesh: Any
     num_devices: int
     cohort_models: int       # models per cohort: cohort_size x devices (1 when sequential)
     slots: int               # model slots per cohort step: cohort_models rounded up to the devices
-    task_idx: dict           # model_id -> (dataset indices, local labels) of its task's train images
+    task_idx: dict           # model_id -> (dataset indices, local labels) of its train images
     steps_per_epoch: dict    # model_id -> steps
     schedules: dict          # model_id -> [(snapshot tag, step)]
     steps_per_call: int
@@ -306,7 +315,7 @@ class Setup:
     x_train: Any             # the train images, on device (replicated over the mesh)
     init: Callable           # model_id -> initial variables
     tx: Any
-    step: Callable           # the compiled cohort step
+    steps: dict              # activation -> the compiled cohort step
     zoo: "_ZooOnDisk"
 
 
@@ -316,7 +325,7 @@ def prepare(config, workdir):
     step_lib.enable_compile_cache(config.get("compile_cache", ""))
     dataset = data.load(config.data)
     specs = hparams.sample_specs(config, dataset.num_classes)
-    module = models.build(config.model, config.tasks.k)
+    modules = {a: models.build(config.model, config.tasks.k, a) for a in config.model.activations}
     num_devices = len(jax.devices()) if config.num_devices == 0 else int(config.num_devices)
     require(num_devices == len(jax.devices()) or not distributed.is_multiprocess(),
             f"config.num_devices must be 0 (all {len(jax.devices())} devices) under "
@@ -325,12 +334,17 @@ def prepare(config, workdir):
     strategy = resolve_strategy(config)
     size = 1 if strategy == "sequential" else int(config.cohort_size) * num_devices
     os.makedirs(snapshots.zoo_dir(workdir), exist_ok=True)
-    task_idx = {s.model_id: task_indices(dataset.y_train, s.classes) for s in specs}
+    task_idx = {s.model_id: hparams.train_indices(dataset.y_train, s) for s in specs}
     b = int(config.train.batch_size)
+    fewest = min(specs, key=lambda s: len(task_idx[s.model_id][0]))
+    require(len(task_idx[fewest.model_id][0]) >= b,
+            f"config.train.train_fractions leaves model {fewest.model_id} "
+            f"{len(task_idx[fewest.model_id][0])} train images, fewer than one batch "
+            f"(config.train.batch_size={b}): raise the fraction or lower the batch size")
     steps_per_epoch = {s.model_id: len(task_idx[s.model_id][0]) // b for s in specs}
     tx = step_lib.make_optimizer()
     return Setup(
-        config=config, workdir=workdir, dataset=dataset, specs=specs, module=module, mesh=mesh,
+        config=config, workdir=workdir, dataset=dataset, specs=specs, modules=modules, mesh=mesh,
         num_devices=num_devices, cohort_models=size, slots=-(-size // num_devices) * num_devices,
         task_idx=task_idx,
         steps_per_epoch=steps_per_epoch,
@@ -339,8 +353,11 @@ def prepare(config, workdir):
         steps_per_call=int(config.get("steps_per_call", 1)),
         checkpoint_every_secs=float(config.checkpoint_every_secs),
         x_train=step_lib.place(dataset.x_train, mesh, step_lib.P()),
-        init=init_lib.initializer(config, module, dataset.image_shape, workdir), tx=tx,
-        step=step_lib.make_cohort_step(module, tx, strategy, mesh, float(config.train.diverge_loss_factor)),
+        # an init does not depend on the activation: any module gives it
+        init=init_lib.initializer(config, modules[specs[0].activation], dataset.image_shape, workdir),
+        tx=tx, steps={a: step_lib.make_cohort_step(m, tx, strategy, mesh,
+                                                   float(config.train.diverge_loss_factor))
+                      for a, m in modules.items()},
         zoo=_ZooOnDisk(workdir))
 
 

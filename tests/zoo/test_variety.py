@@ -1,0 +1,149 @@
+"""Zoo variety (issue 11): init methods, activations and train-set fractions drawn per model."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import zoo as zoo_configs
+from launch.main import run_stage
+from wsjax import data, models
+from wsjax.common import contract
+from wsjax.common.config import ConfigError
+from wsjax.models import inference
+from wsjax.zoo import hparams
+from wsjax.zoo import init as init_lib
+from wsjax.zoo import load_model
+from wsjax.zoo import stage as zoo_stage
+
+VARIETY = dict(init_methods=("he_normal", "orthogonal", "truncated_normal"),
+               activations=("relu", "gelu", "tanh"), train_fractions=(0.5, 1.0))
+
+
+def _variety_config(num_models=6):
+    config = zoo_configs.get_config("tiny")
+    config.num_models = num_models
+    config.init = "per_model"
+    config.init_methods = VARIETY["init_methods"]
+    config.model.activations = VARIETY["activations"]
+    config.train.train_fractions = VARIETY["train_fractions"]
+    return config
+
+
+def test_variety_axes_leave_every_other_draw_unchanged():
+    plain = hparams.sample_specs(zoo_configs.get_config(), 10)
+    assert {(s.init_method, s.activation, s.train_fraction) for s in plain} == {("lecun_normal", "relu", 1.0)}
+    config = zoo_configs.get_config()
+    config.init = "per_model"
+    plain = hparams.sample_specs(config, 10)
+    config.init_methods = VARIETY["init_methods"]
+    config.model.activations = VARIETY["activations"]
+    config.train.train_fractions = VARIETY["train_fractions"]
+    varied = hparams.sample_specs(config, 10)
+    variety = ("init_method", "activation", "train_fraction")
+    assert [dataclasses.replace(s, **{k: None for k in variety}) for s in varied] == [
+        dataclasses.replace(s, **{k: None for k in variety}) for s in plain]
+    for field, choices in zip(variety, VARIETY.values()):
+        assert {getattr(s, field) for s in varied} == set(choices)  # every choice drawn
+
+
+def test_default_method_is_flax_init_bit_for_bit_and_others_redraw_kernels_only():
+    module = models.build(zoo_configs.get_config("tiny").model, 3)
+    key = jax.random.key(3)
+    default = init_lib.random_init(module, (12, 12, 1), key, "lecun_normal")
+    jax.tree_util.tree_map(np.testing.assert_array_equal, default,
+                           dict(module.init(key, jnp.zeros((1, 12, 12, 1)))))
+    orthogonal = init_lib.random_init(module, (12, 12, 1), key, "orthogonal")
+    jax.tree_util.tree_map(np.testing.assert_array_equal, default["batch_stats"],
+                           orthogonal["batch_stats"])
+    w = orthogonal["params"]["fc"]["kernel"]  # [16, 3]: orthonormal columns
+    np.testing.assert_allclose(w.T @ w, np.eye(w.shape[1]), atol=1e-5)
+    # every method on a conv and a dense layer (each new kernel shape costs eager compiles)
+    layers = {k: default["params"][k] for k in ("conv1", "fc")}
+    for method in init_lib.INIT_METHODS[1:]:
+        params = init_lib._redraw_kernels(layers, method, key)
+        for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(layers),
+                                jax.tree_util.tree_leaves(params)):
+            assert a.shape == b.shape and a.dtype == b.dtype and np.isfinite(b).all()
+            assert np.array_equal(a, b) != (path[-1].key == "kernel"), (method, path)
+
+
+def test_cohorts_hold_one_activation_each():
+    specs = hparams.sample_specs(_variety_config(num_models=12), 10)
+    cohorts = zoo_stage.plan_cohorts(specs, 4)
+    assert all(len({s.activation for s in c}) == 1 for c in cohorts)
+    assert sorted(s.model_id for c in cohorts for s in c) == list(range(12))
+
+
+def test_train_fraction_is_a_fixed_subset_of_the_task_drawn_from_the_model_seed():
+    dataset = data.load(zoo_configs.get_config("tiny").data)
+    spec = hparams.sample_specs(_variety_config(), 10)[1]
+    full_idx, _ = data.tasks.task_indices(dataset.y_train, spec.classes)
+    half = dataclasses.replace(spec, train_fraction=0.5)
+    idx, local = hparams.train_indices(dataset.y_train, half)
+    assert len(idx) == round(0.5 * len(full_idx)) and set(idx) <= set(full_idx)
+    np.testing.assert_array_equal(local, np.searchsorted(sorted(spec.classes), dataset.y_train[idx]))
+    np.testing.assert_array_equal(idx, hparams.train_indices(dataset.y_train, half)[0])
+    other = dataclasses.replace(half, seed=spec.seed + 1)
+    assert not np.array_equal(idx, hparams.train_indices(dataset.y_train, other)[0])
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda c: setattr(c, "init_methods", ("xavier",)), "config.init_methods must be a non-empty"),
+    (lambda c: setattr(c, "init_methods", ("normal", "orthogonal")),
+     "config.init_methods must hold one method under init='shared'"),
+    (lambda c: setattr(c.model, "activations", ("swish",)), "config.model.activations"),
+    (lambda c: (setattr(c, "init", "pretrained"), setattr(c.model, "activations", ("relu", "tanh"))),
+     "config.model.activations must hold one activation under init='pretrained'"),
+    (lambda c: setattr(c.train, "train_fractions", (0.0, 1.0)), "config.train.train_fractions"),
+])
+def test_bad_variety_choice_is_one_clear_error(edit, match):
+    config = zoo_configs.get_config("tiny")
+    edit(config)
+    with pytest.raises(ConfigError, match=match) as e:
+        hparams.validate(config)
+    assert "\n" not in str(e.value)
+
+
+def test_a_stage_building_one_module_for_a_mixed_activation_zoo_is_refused():
+    with pytest.raises(ConfigError, match="config.model.activations=.* mixes activations"):
+        models.build(_variety_config().model, 3)
+
+
+def test_variety_zoo_records_each_models_axes_and_load_model_rebuilds_its_activation(tmp_path):
+    config = _variety_config(num_models=4)
+    # a cohort step compiles once per activation (minutes each on a loaded 2-core CPU): two
+    # activations, one model per cohort, the smallest graphs
+    config.model.activations = ("relu", "tanh")
+    config.cohort_size = 1
+    config.model_splits.test = 0
+    config.seed = 2  # its 4 models draw both activations, both fractions and 2 of the methods
+    workdir = str(tmp_path)
+    rows = run_stage(config, workdir)
+    specs = {s.model_id: s for s in hparams.sample_specs(config, 10)}
+    dataset = data.load(config.data)
+    assert {r["activation"] for r in rows} == {"relu", "tanh"}
+    assert {r["train_fraction"] for r in rows} == set(VARIETY["train_fractions"])
+    assert len({r["init_method"] for r in rows}) > 1
+    for r in rows:
+        s = specs[r["model_id"]]
+        assert (r["init_method"], r["activation"], r["train_fraction"]) == (
+            s.init_method, s.activation, s.train_fraction)
+        assert r["status"] == "ok"
+        if r["snapshot"] != "final":
+            continue
+        steps_per_epoch = len(hparams.train_indices(dataset.y_train, s)[0]) // config.train.batch_size
+        assert r["step"] == s.max_epoch * steps_per_epoch  # a half-set model takes half the steps
+        module, variables, row = load_model(workdir, r["model_id"], "final")
+        assert module.activation == r["activation"] and row == r
+        x, y = data.task_split(dataset, r["classes"], "val")
+        val_loss, _ = inference.loss_accuracy(module, variables, x, y)
+        assert val_loss == pytest.approx(r["val_loss"], rel=1e-4, abs=1e-5)
+
+
+def test_variety_fields_are_part_of_the_zoo_fingerprint():
+    fields = contract.settings(_variety_config())
+    assert fields["init_methods"] == list(VARIETY["init_methods"])
+    assert fields["model.activations"] == list(VARIETY["activations"])
+    assert fields["train.train_fractions"] == list(VARIETY["train_fractions"])
