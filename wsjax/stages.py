@@ -25,9 +25,11 @@ STAGES = {
     "generator": "wsjax.generator.stage",
     "sample": "wsjax.sample.stage",
     "evaluate": "wsjax.evaluate.stage",
+    "sane": "wsjax.sane.stage",
     "demo": "wsjax.demo",
     "bench_zoo": "wsjax.zoo.bench",
     "bench_pca": "wsjax.pca.bench",
+    "bench_properties": "wsjax.properties.bench",
 }
 # Write failures that are the workdir's, not the code's: one sentence instead of a traceback.
 _WORKDIR_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
