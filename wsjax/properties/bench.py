@@ -22,6 +22,7 @@ import time
 import jax
 import numpy as np
 from absl import logging
+from tqdm import tqdm
 
 from wsjax.common import config as config_lib
 from wsjax.common import contract
@@ -34,6 +35,7 @@ from wsjax.zoo import snapshots
 STAGE = "bench_properties"
 SCORED_ON = ("held_out_class_sets", "held_out_models")
 REGRESSION = ("val_accuracy", "val_loss", "generalisation_gap", "step", "learning_rate")
+LOG_SCORED = ("val_loss", "step", "learning_rate")  # also scored as R² of their logs
 
 
 def check_config(config):
@@ -53,11 +55,43 @@ def check_config(config):
             "config.ridge.alphas must be positive numbers")
 
 
-def target(rows, name):
-    """[N] values of property `name`; generalisation_gap = val_loss - train_loss (the manifest's
-    train loss: the mean minibatch loss since the previous snapshot; the init's on train images)."""
+def snapshot_train_scores(workdir, rows, num_images, cache):
+    """([N] train loss, [N] train accuracy) of each snapshot of `rows`, in inference mode on the
+    first `num_images` train images of its task: the zoo's own train_loss is a running minibatch
+    mean in train mode since the previous snapshot, not a property of the snapshot. Cached in
+    `cache` under the zoo's fingerprint."""
+    from wsjax import data, models
+    from wsjax.models import inference
+    fingerprint = contract.current(workdir, "zoo")["fingerprint"]
+    if os.path.exists(cache):
+        with np.load(cache) as f:
+            if str(f["zoo"]) == fingerprint and int(f["num_images"]) == num_images:
+                return f["loss"], f["accuracy"]
+    zoo = config_lib.load(workdir, "zoo")
+    dataset, module = data.load(zoo.data), models.build(zoo.model, zoo.tasks.k)
+    index = snapshots.snapshot_index(snapshots.read_manifest(workdir))
+    loss, accuracy = np.empty(len(rows)), np.empty(len(rows))
+    by_model = {}
+    for i, r in enumerate(rows):
+        by_model.setdefault(r["model_id"], []).append(i)
+    for model_id, members in tqdm(by_model.items(), desc="bench_properties: train scores", unit="model",
+                                  leave=False):
+        x, y = data.task_split(dataset, rows[members[0]]["classes"], "train")
+        stacked = snapshots.load_snapshots(workdir, model_id)
+        z = inference.logits_stack(module, stacked, x[:num_images])
+        model_loss, model_accuracy = inference.scores_stack(z, y[:num_images])
+        for i in members:
+            j = index[(model_id, rows[i]["snapshot"])]
+            loss[i], accuracy[i] = model_loss[j], model_accuracy[j]
+    io.savez(cache, loss=loss, accuracy=accuracy, zoo=fingerprint, num_images=num_images)
+    return loss, accuracy
+
+
+def target(rows, name, train_loss):
+    """[N] values of property `name`; generalisation_gap = val_loss - train_loss, both of the
+    snapshot itself in inference mode (`train_loss`: snapshot_train_scores)."""
     if name == "generalisation_gap":
-        return np.array([r["val_loss"] - r["train_loss"] for r in rows], np.float64)
+        return np.array([r["val_loss"] for r in rows]) - train_loss
     return np.array([r[name] for r in rows], np.float64)
 
 
@@ -87,13 +121,20 @@ def masks(rows, seed, fraction):
                 held_out_models=~held_mask & (split != "train"), groups=sets)
 
 
-def scores(y, pred, categorical):
+def scores(y, pred, categorical, log_scale=False):
+    """Accuracy, or R² and Kendall τ; with `log_scale` also R² of log(value + shift), shift 1
+    where the values include 0 (step 0), predictions clipped to the values' positive range."""
     if categorical:
         return dict(accuracy=float((pred == y).mean()))
-    return dict(r2=probes.r2(y, pred), kendall_tau=probes.kendall_tau(y, pred))
+    out = dict(r2=probes.r2(y, pred), kendall_tau=probes.kendall_tau(y, pred))
+    if log_scale:
+        shift = 0.0 if y.min() > 0 else 1.0
+        low = 0.5 * (y + shift).min()
+        out["r2_log"] = probes.r2(np.log(y + shift), np.log(np.maximum(pred + shift, low)))
+    return out
 
 
-def cell(x, y, m, folds, config, key, categorical):
+def cell(x, y, m, folds, config, key, categorical, log_scale):
     """Every probe of one (representation, property): CV score on train, scores per SCORED_ON,
     and the best probe by CV with its held-out-class-set predictions."""
     train = m["train"]
@@ -107,7 +148,7 @@ def cell(x, y, m, folds, config, key, categorical):
     out = {}
     for name, (predict, cv, settings) in fits.items():
         out[name] = dict(cv=cv, settings=settings, **{
-            kind: scores(y[m[kind]], predict(x[m[kind]]), categorical)
+            kind: scores(y[m[kind]], predict(x[m[kind]]), categorical, log_scale)
             for kind in SCORED_ON if m[kind].any()})
     best = max(out, key=lambda n: out[n]["cv"])
     predicted = fits[best][0](x[m["held_out_class_sets"]])
@@ -143,6 +184,7 @@ def summarise(per_seed, kind):
 def table(summary, props):
     """A markdown table: representations x properties, R² (τ) or accuracy, mean ± std."""
     lines = ["| representation | " + " | ".join(props) + " |", "|---" * (len(props) + 1) + "|"]
+    # a cell: R² ± std over seeds (Kendall τ, R² of the logs where scored, the best probe)
     for rep, cells in summary.items():
         row = []
         for p in props:
@@ -152,12 +194,13 @@ def table(summary, props):
             elif "accuracy" in e:
                 row.append(f"acc {e['accuracy']:.3f} ± {e['accuracy_std']:.3f}")
             else:
-                row.append(f"{e['r2']:.3f} ± {e['r2_std']:.3f} (τ {e['kendall_tau']:.2f}, {e['probe']})")
+                log = f", log {e['r2_log']:.3f}" if "r2_log" in e else ""
+                row.append(f"{e['r2']:.3f} ± {e['r2_std']:.3f} (τ {e['kendall_tau']:.2f}{log}, {e['probe']})")
         lines.append(f"| {rep} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
-def plot(path, rows, per_seed_predictions, held, props):
+def plot(path, values, per_seed_predictions, held, props):
     """Predicted vs true on the held-out class sets (seed 0, best probe): properties x representations."""
     import matplotlib
     matplotlib.use("Agg")
@@ -166,7 +209,7 @@ def plot(path, rows, per_seed_predictions, held, props):
     fig, axes = plt.subplots(len(props), len(names), figsize=(3 * len(names), 3 * len(props)),
                              squeeze=False)
     for i, prop in enumerate(props):
-        y = target(rows, prop)[held]
+        y = values[prop][held]
         for j, rep in enumerate(names):
             ax = axes[i, j]
             pred = per_seed_predictions[rep][prop]
@@ -195,9 +238,16 @@ def run(config, workdir):
     if skipped:
         logging.warning("bench_properties: no %s stage in %s: those representations are skipped",
                         "/".join(skipped), workdir)
-    raw = {n: reps.load(workdir, n, rows) for n in names}
+    raw = {}
+    for n in names:
+        tic = time.time()
+        raw[n] = reps.load(workdir, n, rows)
+        logging.info("bench_properties: %s features %s in %.1f s", n, raw[n].shape, time.time() - tic)
     inputs = {s: contract.current(workdir, s)["fingerprint"]
-              for s in ["zoo"] + [reps.STAGE_OF[n] for n in names if n in reps.STAGE_OF]}
+              for s in ["zoo"] + [reps.OUTPUTS[n][0] for n in names if n in reps.OUTPUTS]}
+    train_loss, _ = snapshot_train_scores(workdir, rows, b.train_images,
+                                          os.path.join(out_dir, "train_scores.npz"))
+    values = {p: target(rows, p, train_loss) for p in b.properties}
 
     per_seed, predictions, props = [], None, None
     for seed in b.seeds:
@@ -206,8 +256,7 @@ def run(config, workdir):
                 f"the zoo in {workdir} leaves too few train or held-out rows at "
                 f"held_out_fraction={b.held_out_fraction}")
         # a property constant on the train rows (one learning rate, say) has nothing to predict
-        targets = {p: (target(rows, p), False) for p in b.properties
-                   if target(rows, p)[m["train"]].std() > 0}
+        targets = {p: (y, False) for p, y in values.items() if y[m["train"]].std() > 0}
         categorical = categorical_targets(rows, b.categorical, m["train"])
         targets.update({p: (y, True) for p, y in categorical.items()})
         props = list(targets)
@@ -219,7 +268,7 @@ def run(config, workdir):
             results[rep], seed_predictions[rep] = {}, {}
             for i, (prop, (y, is_categorical)) in enumerate(targets.items()):
                 probes_out, best, pred = cell(x, y, m, folds, config, jax.random.fold_in(key, i),
-                                              is_categorical)
+                                              is_categorical, prop in LOG_SCORED)
                 results[rep][prop] = dict(probes=probes_out, best=best)
                 seed_predictions[rep][prop] = pred
                 logging.info("bench_properties: seed %d %s %s: best %s %s", seed, rep, prop, best,
@@ -238,10 +287,12 @@ def run(config, workdir):
     for kind in SCORED_ON:
         report += [f"## {kind}", "", "R² (Kendall τ, best probe by train CV) or accuracy", "",
                    table(summary[kind], props), ""]
-    report += ["generalisation_gap = val_loss - train_loss (the manifest's train loss: the mean "
-               "minibatch loss since the previous snapshot).", "", "![](predicted_vs_true.png)", ""]
+    report += [f"generalisation_gap = val_loss - train_loss of the snapshot, the train loss on the first "
+               f"{b.train_images} train images of its task in inference mode. R² on the original scale; "
+               "r2_log (details.json) on log(value + shift) for positive properties.", "",
+               "![](predicted_vs_true.png)", ""]
     io.write_text(os.path.join(out_dir, "report.md"), "\n".join(report))
-    plot(os.path.join(out_dir, "predicted_vs_true.png"), rows, predictions[0], predictions[1], regression)
+    plot(os.path.join(out_dir, "predicted_vs_true.png"), values, predictions[0], predictions[1], regression)
     print("bench_properties: held-out class sets, R² (Kendall τ) / accuracy, "
           f"mean ± std over seeds {list(b.seeds)}")
     print(table(summary["held_out_class_sets"], props))

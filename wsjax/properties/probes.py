@@ -140,29 +140,28 @@ def _fit_mlps(module, x, y, weights, keys, *, steps, learning_rate, weight_decay
 
 def fit_mlp(x, y, train, folds, config, key, transform=None, num_classes=0):
     """(predict, cv score, settings): the MLP on standardised x (and, for regression, the
-    standardised target after `transform`, the one the ridge chose); CV folds and the final fit
-    trained in one vmapped call. Scores: R² on the original scale, or accuracy."""
+    standardised target after `transform`, the one the ridge chose); the CV folds and the final
+    fit trained in one vmapped call on the train rows. Scores: R² on the original scale, or accuracy."""
     classify = num_classes > 0
     std = Standardiser(x[train])
-    xs = jnp.asarray(std(x), jnp.float32)
+    xs = jnp.asarray(std(x[train]), jnp.float32)
     if classify:
-        yt, inv = jnp.asarray(y, jnp.int32), None
+        yt, inv = jnp.asarray(y[train], jnp.int32), None
     else:
         fwd, inv = transforms(y[train], [transform])[transform]
-        t = fwd(np.where(train, y, y[train].min()))  # rows outside train: weight 0, kept finite
-        mu, sd = t[train].mean(), max(t[train].std(), 1e-8)
+        t = fwd(y[train])
+        mu, sd = t.mean(), max(t.std(), 1e-8)
         yt = jnp.asarray((t - mu) / sd, jnp.float32)
-    weights = np.stack([train & ~np.isin(np.arange(len(y)), np.flatnonzero(train)[val]) for val in folds]
-                       + [train]).astype(np.float32)
+    weights = np.stack([~val for val in folds] + [np.ones(len(xs), bool)]).astype(np.float32)
     module = MLP(tuple(config.hidden), num_classes if classify else 1)
     params = _fit_mlps(module, xs, yt, jnp.asarray(weights), jax.random.split(key, len(weights)),
                        steps=int(config.steps), learning_rate=float(config.learning_rate),
                        weight_decay=float(config.weight_decay), classify=classify)
-    out = np.asarray(jax.vmap(lambda p: module.apply({"params": p}, xs))(params))  # [F+1, N, outputs]
+    out = np.asarray(jax.vmap(lambda p: module.apply({"params": p}, xs))(params))  # [F+1, n, outputs]
     decode = (lambda o: o.argmax(-1)) if classify else (lambda o: inv(o[..., 0] * sd + mu))
-    cv = np.empty(train.sum(), y.dtype if classify else np.float64)
+    cv = np.empty(len(xs), y.dtype if classify else np.float64)
     for f, val in enumerate(folds):
-        cv[val] = decode(out[f][train][val])
+        cv[val] = decode(out[f][val])
     score = float((cv == y[train]).mean()) if classify else r2(y[train], cv)
     final = jax.tree_util.tree_map(lambda p: p[-1], params)
     predict = lambda z: decode(np.asarray(module.apply({"params": final}, jnp.asarray(std(z), jnp.float32))))  # noqa: E731

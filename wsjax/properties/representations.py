@@ -17,8 +17,8 @@ from wsjax.common.config import require
 from wsjax.zoo import snapshots
 
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
-# Representations read from another stage's outputs: the stage each needs.
-STAGE_OF = {"pca": "pca", "ae": "ae", "sane": "sane"}
+# Representations read from another stage: that stage and the file it writes them to.
+OUTPUTS = {"pca": ("pca", "coeffs.npz"), "ae": ("ae", "latents.npz"), "sane": ("sane", "embeddings.npz")}
 NAMES = ("weight_stats", "pca", "ae", "sane")
 
 
@@ -65,8 +65,7 @@ def pca_projection(coeffs, fit_idx, num_components):
 
 def available(workdir, names):
     """The representations of `names` whose stage has finished in `workdir` (weight_stats always)."""
-    return [n for n in names if n not in STAGE_OF
-            or os.path.exists(os.path.join(workdir, STAGE_OF[n], contract.FINGERPRINT))]
+    return [n for n in names if n not in OUTPUTS or os.path.exists(os.path.join(workdir, *OUTPUTS[n]))]
 
 
 def load(workdir, name, rows):
@@ -74,7 +73,7 @@ def load(workdir, name, rows):
     the projection is fitted per split by the caller)."""
     if name == "weight_stats":
         return zoo_weight_statistics(workdir, rows)
-    contract.current(workdir, STAGE_OF[name])  # built from the zoo that is there now
+    contract.current(workdir, OUTPUTS[name][0])  # built from the zoo that is there now
     if name == "pca":
         from wsjax import pca
         return _aligned(pca.load_coeffs(workdir), rows, f"{workdir}/pca/coeffs.npz")
