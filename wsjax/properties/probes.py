@@ -39,16 +39,19 @@ class Standardiser:
         return (x - self.mean) / self.std
 
 
-# Target transforms: (forward, inverse), the log shifted so a target with zeros (step 0) has a log.
 def transforms(y, names):
-    """{name: (forward, inverse)} of those `names` that apply to train targets y."""
+    """{name: (forward, inverse)} of those `names` that apply to train targets y. The log is
+    shifted so a target with zeros (step 0) has one; inverses clip to y's range, so a probe
+    extrapolating through exp() cannot blow up on a held-out row."""
+    lo, hi = float(y.min()), float(y.max())
     out = {}
     for name in names:
         if name == "identity":
-            out[name] = (lambda v: v, lambda v: v)
-        elif name == "log" and y.min() >= 0:
-            shift = 0.0 if y.min() > 0 else float(y[y > 0].min()) if (y > 0).any() else 1.0
-            out[name] = (lambda v, s=shift: np.log(v + s), lambda v, s=shift: np.exp(v) - s)
+            out[name] = (lambda v: v, lambda v: np.clip(v, lo, hi))
+        elif name == "log" and lo >= 0:
+            shift = 0.0 if lo > 0 else float(y[y > 0].min()) if (y > 0).any() else 1.0
+            out[name] = (lambda v, s=shift: np.log(v + s),
+                         lambda v, s=shift: np.clip(np.exp(np.minimum(v, np.log(hi + s))) - s, lo, hi))
     return out
 
 
