@@ -3,7 +3,7 @@ which keeps the stage contract (wsjax.common.contract) around every stage's run.
 
 Under several processes (wsjax.common.distributed) the zoo runs on every process, over all their
 devices; the demo runs on every process too, as it only calls `run_stage` for each stage. Every
-other stage is single-process: PCA, AE, align, generator, sample and evaluate fit one host (the
+other stage is single-process: PCA, AE, SANE, align, generator, sample and evaluate fit one host (the
 thesis-size zoo's PCA and AE read a few GB) and the benchmarks measure one host, so they run on
 process 0 while the others wait. Process 0 alone takes the lock and writes the fingerprint.
 """
@@ -25,9 +25,11 @@ STAGES = {
     "generator": "wsjax.generator.stage",
     "sample": "wsjax.sample.stage",
     "evaluate": "wsjax.evaluate.stage",
+    "sane": "wsjax.sane.stage",
     "demo": "wsjax.demo",
     "bench_zoo": "wsjax.zoo.bench",
     "bench_pca": "wsjax.pca.bench",
+    "bench_properties": "wsjax.properties.bench",
 }
 # Write failures that are the workdir's, not the code's: one sentence instead of a traceback.
 _WORKDIR_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",

@@ -27,7 +27,8 @@ RUNTIME_FIELDS = frozenset(("compile_cache", "overwrite", "preset", "verbosity",
                             "checkpoint_every_secs"))
 # The stages each stage reads; their fingerprints are part of its own.
 INPUTS = {"pca": ("zoo",), "ae": ("pca",), "align": ("ae",), "generator": ("pca",),
-          "sample": ("generator",), "evaluate": ("generator",)}
+          "sample": ("generator",), "evaluate": ("generator",), "sane": ("zoo",),
+          "bench_properties": ("zoo",)}
 
 
 def inputs(stage, config):
@@ -36,7 +37,7 @@ def inputs(stage, config):
     return INPUTS.get(stage, ()) + (("align",) if stage in ("sample", "evaluate") and thesis else ())
 # Stages whose settings do not pin their directory (sample keeps one directory per request,
 # named by its settings; a benchmark rewrites its results each run): only inputs are compared.
-UNPINNED_STAGES = frozenset(("sample", "bench_zoo", "bench_pca"))
+UNPINNED_STAGES = frozenset(("sample", "bench_zoo", "bench_pca", "bench_properties"))
 FINGERPRINT = "fingerprint.json"
 _OWN_FILES = frozenset((".lock", FINGERPRINT, "config.json"))  # what the contract itself writes
 _SHOWN = 6  # differing fields named in a refusal

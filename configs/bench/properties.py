@@ -1,0 +1,42 @@
+"""bench_properties: how well each representation of a zoo's weights predicts what the network
+does (issue 11). Reads the finished zoo in --workdir and the pca / ae / sane stages where they ran.
+
+Presets: 'tiny' (CI, seconds on a tiny zoo), default (the embedded-MNIST trajectory zoo).
+"""
+import ml_collections
+import numpy as np
+
+
+def get_config(arg=None):
+    preset = arg or "default"
+    c = ml_collections.ConfigDict()
+    c.stage = "bench_properties"
+    c.preset = preset
+    c.bench = ml_collections.ConfigDict(dict(
+        # each seed draws its own held-out class sets, CV folds and MLP inits: mean ± std over them
+        seeds=(0, 1, 2),
+        held_out_fraction=0.25,   # class sets whose models are all held out of probe training
+        representations=("weight_stats", "pca", "ae", "sane"),  # those whose stage ran are used
+        pca_components=64,        # 'pca': top directions of the train rows' PCA coefficients
+        properties=("val_accuracy", "val_loss", "generalisation_gap", "step", "learning_rate"),
+        categorical=("optimizer", "init_method", "activation"),  # skipped if absent or one class
+        cv_folds=4,               # grouped by class set, over the train rows only
+        train_images=512,         # generalisation gap: each snapshot's train loss on this many images
+    ))
+    c.ridge = ml_collections.ConfigDict(dict(
+        alphas=tuple(float(a) for a in np.logspace(-3, 4, 15)),
+        transforms=("identity", "log"),  # of the target, chosen by CV (log: shifted past zeros)
+    ))
+    c.logistic = ml_collections.ConfigDict(dict(inverse_regularisation=(0.01, 0.1, 1.0, 10.0)))
+    # full batch, AdamW; the CV folds and the final fit train together under vmap
+    c.mlp = ml_collections.ConfigDict(dict(hidden=(64,), steps=500, learning_rate=3e-3,
+                                           weight_decay=1e-2))
+    if preset == "tiny":
+        c.bench.seeds = (0,)
+        c.bench.pca_components = 4
+        c.bench.cv_folds = 2
+        c.bench.train_images = 64
+        c.mlp.update(hidden=(16,), steps=100)
+    elif preset != "default":
+        raise ValueError(f"unknown bench_properties preset {preset!r}: use 'tiny' or 'default'")
+    return c

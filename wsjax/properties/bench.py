@@ -1,0 +1,300 @@
+"""Stage 'bench_properties': property prediction from each representation of the zoo's snapshots.
+
+Per seed, a share of the zoo's class sets is held out with all their models; probes (ridge,
+logistic, MLP: wsjax.properties.probes) train on the train-split models of the other class sets
+and are scored on two kinds of held-out models, both unseen by the probes:
+
+    held_out_class_sets   every model of the held-out class sets (the issue's goal)
+    held_out_models       the zoo's val/test models of the other class sets
+
+The pca / ae / sane representations were fitted without labels on the zoo's train split, which
+includes the held-out class sets' train models (their properties were never seen). Writes
+
+    bench_properties/results.json          {representation: {property: {"r2", "kendall_tau"} |
+                                            {"accuracy"}}}: held-out class sets, best probe per cell
+                                            by train CV, mean over seeds (and "*_std", "probe")
+    bench_properties/details.json          both kinds of held-out models, every probe, every seed
+    bench_properties/report.md             the tables; predicted_vs_true.png (seed 0)
+"""
+import os
+import time
+
+import jax
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+from wsjax.common import config as config_lib
+from wsjax.common import contract
+from wsjax.common import io
+from wsjax.common.config import require
+from wsjax.properties import probes
+from wsjax.properties import representations as reps
+from wsjax.zoo import snapshots
+
+STAGE = "bench_properties"
+SCORED_ON = ("held_out_class_sets", "held_out_models")
+REGRESSION = ("val_accuracy", "val_loss", "generalisation_gap", "step", "learning_rate")
+LOG_SCORED = ("val_loss", "step", "learning_rate")  # also scored as R² of their logs
+
+
+def check_config(config):
+    b = config.get("bench")
+    require(b is not None and "ridge" in config and "mlp" in config,
+            "config.bench/ridge/mlp are missing: use configs/bench/properties.py")
+    require(len(b.seeds) >= 1, "config.bench.seeds must name at least one seed")
+    require(0 < b.held_out_fraction < 1,
+            f"config.bench.held_out_fraction must be in (0, 1), got {b.held_out_fraction}")
+    unknown = set(b.representations) - set(reps.NAMES)
+    require(not unknown, f"config.bench.representations: unknown {sorted(unknown)}; use {reps.NAMES}")
+    unknown = set(b.properties) - set(REGRESSION)
+    require(not unknown, f"config.bench.properties: unknown {sorted(unknown)}; use {REGRESSION}")
+    require(b.cv_folds >= 2, f"config.bench.cv_folds must be >= 2, got {b.cv_folds}")
+    require(b.pca_components >= 1, f"config.bench.pca_components must be >= 1, got {b.pca_components}")
+    require(len(config.ridge.alphas) >= 1 and min(config.ridge.alphas) > 0,
+            "config.ridge.alphas must be positive numbers")
+
+
+def snapshot_train_scores(workdir, rows, num_images, cache):
+    """([N] train loss, [N] train accuracy) of each snapshot of `rows`, in inference mode on the
+    first `num_images` train images of its task: the zoo's own train_loss is a running minibatch
+    mean in train mode since the previous snapshot, not a property of the snapshot. Cached in
+    `cache` under the zoo's fingerprint."""
+    from wsjax import data, models
+    from wsjax.models import inference
+    fingerprint = contract.current(workdir, "zoo")["fingerprint"]
+    if os.path.exists(cache):
+        with np.load(cache) as f:
+            if str(f["zoo"]) == fingerprint and int(f["num_images"]) == num_images:
+                return f["loss"], f["accuracy"]
+    zoo = config_lib.load(workdir, "zoo")
+    dataset, module = data.load(zoo.data), models.build(zoo.model, zoo.tasks.k)
+    index = snapshots.snapshot_index(snapshots.read_manifest(workdir))
+    loss, accuracy = np.empty(len(rows)), np.empty(len(rows))
+    by_model = {}
+    for i, r in enumerate(rows):
+        by_model.setdefault(r["model_id"], []).append(i)
+    for model_id, members in tqdm(by_model.items(), desc="bench_properties: train scores", unit="model",
+                                  leave=False):
+        x, y = data.task_split(dataset, rows[members[0]]["classes"], "train")
+        stacked = snapshots.load_snapshots(workdir, model_id)
+        z = inference.logits_stack(module, stacked, x[:num_images])
+        model_loss, model_accuracy = inference.scores_stack(z, y[:num_images])
+        for i in members:
+            j = index[(model_id, rows[i]["snapshot"])]
+            loss[i], accuracy[i] = model_loss[j], model_accuracy[j]
+    io.savez(cache, loss=loss, accuracy=accuracy, zoo=fingerprint, num_images=num_images)
+    return loss, accuracy
+
+
+def target(rows, name, train_loss):
+    """[N] values of property `name`; generalisation_gap = val_loss - train_loss, both of the
+    snapshot itself in inference mode (`train_loss`: snapshot_train_scores)."""
+    if name == "generalisation_gap":
+        return np.array([r["val_loss"] for r in rows]) - train_loss
+    return np.array([r[name] for r in rows], np.float64)
+
+
+def categorical_targets(rows, names, train):
+    """{name: integer labels [N]} of the categorical columns present with >= 2 classes among the
+    train rows; rows of a class the train rows lack get -1 (never predicted right)."""
+    out = {}
+    for name in names:
+        if name not in rows[0]:
+            continue
+        values = np.array([str(r[name]) for r in rows])
+        classes = sorted(set(values[train]))
+        if len(classes) >= 2:
+            out[name] = np.array([classes.index(v) if v in classes else -1 for v in values])
+    return out
+
+
+def masks(rows, seed, fraction):
+    """{'train', *SCORED_ON: boolean [N]} for one seed."""
+    sets = np.array(["-".join(map(str, r["classes"])) for r in rows])
+    split = np.array([r["split"] for r in rows])
+    unique = sorted(set(sets))
+    rng = np.random.default_rng([seed, 11])
+    held = set(rng.choice(unique, max(1, round(fraction * len(unique))), replace=False))
+    held_mask = np.isin(sets, list(held))
+    return dict(train=(split == "train") & ~held_mask, held_out_class_sets=held_mask,
+                held_out_models=~held_mask & (split != "train"), groups=sets)
+
+
+def scores(y, pred, categorical, log_scale=False):
+    """Accuracy, or R² and Kendall τ; with `log_scale` also R² of log(value + shift), shift 1
+    where the values include 0 (step 0), predictions clipped to the values' positive range."""
+    if categorical:
+        return dict(accuracy=float((pred == y).mean()))
+    out = dict(r2=probes.r2(y, pred), kendall_tau=probes.kendall_tau(y, pred))
+    if log_scale:
+        shift = 0.0 if y.min() > 0 else 1.0
+        low = 0.5 * (y + shift).min()
+        out["r2_log"] = probes.r2(np.log(y + shift), np.log(np.maximum(pred + shift, low)))
+    return out
+
+
+def cell(x, y, m, folds, config, key, categorical, log_scale):
+    """Every probe of one (representation, property): CV score on train, scores per SCORED_ON,
+    and the best probe by CV with its held-out-class-set predictions."""
+    train = m["train"]
+    if categorical:
+        fits = dict(logistic=probes.fit_logistic(x, y, train, folds, config.logistic),
+                    mlp=probes.fit_mlp(x, y, train, folds, config.mlp, key, num_classes=int(y.max()) + 1))
+    else:
+        ridge = probes.fit_ridge(x, y, train, folds, config.ridge)
+        fits = dict(ridge=ridge, mlp=probes.fit_mlp(x, y, train, folds, config.mlp, key,
+                                                    transform=ridge[2]["transform"]))
+    out = {}
+    for name, (predict, cv, settings) in fits.items():
+        out[name] = dict(cv=cv, settings=settings, **{
+            kind: scores(y[m[kind]], predict(x[m[kind]]), categorical, log_scale)
+            for kind in SCORED_ON if m[kind].any()})
+    best = max(out, key=lambda n: out[n]["cv"])
+    predicted = fits[best][0](x[m["held_out_class_sets"]])
+    return out, best, predicted
+
+
+def features(raw, name, train, config):
+    """The representation's features; 'pca' projected on directions fitted on the train rows."""
+    if name == "pca":
+        return reps.pca_projection(raw, np.flatnonzero(train), config.bench.pca_components)
+    return raw
+
+
+def summarise(per_seed, kind):
+    """{rep: {prop: {metric: mean, metric_std: std, probe: best probe of seed 0}}} over seeds."""
+    out = {}
+    for rep in per_seed[0]:
+        out[rep] = {}
+        for prop, c in per_seed[0][rep].items():
+            runs = [s[rep][prop] for s in per_seed]
+            if kind not in runs[0]["probes"][runs[0]["best"]]:
+                continue
+            values = [r["probes"][r["best"]][kind] for r in runs]
+            entry = {}
+            for metric in values[0]:
+                v = [x[metric] for x in values]
+                entry[metric], entry[f"{metric}_std"] = float(np.mean(v)), float(np.std(v))
+            entry["probe"] = c["best"]
+            out[rep][prop] = entry
+    return out
+
+
+def table(summary, props):
+    """A markdown table: representations x properties, R² (τ) or accuracy, mean ± std."""
+    lines = ["| representation | " + " | ".join(props) + " |", "|---" * (len(props) + 1) + "|"]
+    # a cell: R² ± std over seeds (Kendall τ, R² of the logs where scored, the best probe)
+    for rep, cells in summary.items():
+        row = []
+        for p in props:
+            e = cells.get(p)
+            if e is None:
+                row.append("—")
+            elif "accuracy" in e:
+                row.append(f"acc {e['accuracy']:.3f} ± {e['accuracy_std']:.3f}")
+            else:
+                log = f", log {e['r2_log']:.3f}" if "r2_log" in e else ""
+                row.append(f"{e['r2']:.3f} ± {e['r2_std']:.3f} (τ {e['kendall_tau']:.2f}{log}, {e['probe']})")
+        lines.append(f"| {rep} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def plot(path, values, per_seed_predictions, held, props):
+    """Predicted vs true on the held-out class sets (seed 0, best probe): properties x representations."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = list(per_seed_predictions)
+    fig, axes = plt.subplots(len(props), len(names), figsize=(3 * len(names), 3 * len(props)),
+                             squeeze=False)
+    for i, prop in enumerate(props):
+        y = values[prop][held]
+        for j, rep in enumerate(names):
+            ax = axes[i, j]
+            pred = per_seed_predictions[rep][prop]
+            ax.scatter(y, pred, s=4, alpha=0.5)
+            lo, hi = min(y.min(), pred.min()), max(y.max(), pred.max())
+            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+            if prop in ("step", "learning_rate") and y.min() > 0:
+                ax.set_xscale("log")
+                ax.set_yscale("symlog", linthresh=y.min())
+            ax.set_title(f"{rep}: {prop}", fontsize=8)
+    fig.supxlabel("true")
+    fig.supylabel("predicted")
+    fig.tight_layout()
+    io.savefig(fig, path, dpi=90)
+    plt.close(fig)
+
+
+def run(config, workdir):
+    check_config(config)
+    start = time.time()
+    out_dir = config_lib.stage_dir(workdir, STAGE)
+    b = config.bench
+    rows = [r for r in snapshots.read_manifest(workdir) if r["status"] == "ok"]
+    names = reps.available(workdir, b.representations)
+    skipped = sorted(set(b.representations) - set(names))
+    if skipped:
+        logging.warning("bench_properties: no %s stage in %s: those representations are skipped",
+                        "/".join(skipped), workdir)
+    raw = {}
+    for n in names:
+        tic = time.time()
+        raw[n] = reps.load(workdir, n, rows)
+        logging.info("bench_properties: %s features %s in %.1f s", n, raw[n].shape, time.time() - tic)
+    inputs = {s: contract.current(workdir, s)["fingerprint"]
+              for s in ["zoo"] + [reps.OUTPUTS[n][0] for n in names if n in reps.OUTPUTS]}
+    train_loss, _ = snapshot_train_scores(workdir, rows, b.train_images,
+                                          os.path.join(out_dir, "train_scores.npz"))
+    values = {p: target(rows, p, train_loss) for p in b.properties}
+
+    per_seed, predictions, props = [], None, None
+    for seed in b.seeds:
+        m = masks(rows, seed, b.held_out_fraction)
+        require(m["train"].sum() >= 2 and m["held_out_class_sets"].any(),
+                f"the zoo in {workdir} leaves too few train or held-out rows at "
+                f"held_out_fraction={b.held_out_fraction}")
+        # a property constant on the train rows (one learning rate, say) has nothing to predict
+        targets = {p: (y, False) for p, y in values.items() if y[m["train"]].std() > 0}
+        categorical = categorical_targets(rows, b.categorical, m["train"])
+        targets.update({p: (y, True) for p, y in categorical.items()})
+        props = list(targets)
+        folds = probes.group_folds(m["groups"][m["train"]], b.cv_folds, seed)
+        key = jax.random.key(seed)
+        results, seed_predictions = {}, {}
+        for rep in names:
+            x = features(raw[rep], rep, m["train"], config)
+            results[rep], seed_predictions[rep] = {}, {}
+            for i, (prop, (y, is_categorical)) in enumerate(targets.items()):
+                probes_out, best, pred = cell(x, y, m, folds, config, jax.random.fold_in(key, i),
+                                              is_categorical, prop in LOG_SCORED)
+                results[rep][prop] = dict(probes=probes_out, best=best)
+                seed_predictions[rep][prop] = pred
+                logging.info("bench_properties: seed %d %s %s: best %s %s", seed, rep, prop, best,
+                             probes_out[best].get("held_out_class_sets"))
+        per_seed.append(results)
+        predictions = predictions or (seed_predictions, m["held_out_class_sets"])
+
+    summary = {kind: summarise(per_seed, kind) for kind in SCORED_ON}
+    regression = [p for p in props if p in REGRESSION]
+    io.write_json(os.path.join(out_dir, "results.json"), summary["held_out_class_sets"])
+    io.write_json(os.path.join(out_dir, "details.json"), dict(
+        seeds=list(b.seeds), representations=names, skipped=skipped, inputs=inputs,
+        summary=summary, per_seed=per_seed, num_snapshots=len(rows),
+        seconds=time.time() - start))
+    report = [f"# Property prediction ({len(rows)} snapshots, seeds {list(b.seeds)}, mean ± std)", ""]
+    for kind in SCORED_ON:
+        report += [f"## {kind}", "", "R² (Kendall τ, best probe by train CV) or accuracy", "",
+                   table(summary[kind], props), ""]
+    report += [f"generalisation_gap = val_loss - train_loss of the snapshot, the train loss on the first "
+               f"{b.train_images} train images of its task in inference mode. R² on the original scale; "
+               "r2_log (details.json) on log(value + shift) for positive properties.", "",
+               "![](predicted_vs_true.png)", ""]
+    io.write_text(os.path.join(out_dir, "report.md"), "\n".join(report))
+    plot(os.path.join(out_dir, "predicted_vs_true.png"), values, predictions[0], predictions[1], regression)
+    print("bench_properties: held-out class sets, R² (Kendall τ) / accuracy, "
+          f"mean ± std over seeds {list(b.seeds)}")
+    print(table(summary["held_out_class_sets"], props))
+    logging.info("bench_properties: done in %.1f s", time.time() - start)
+    return summary

@@ -1,0 +1,86 @@
+"""Representations of a zoo's snapshots: one feature row per manifest row.
+
+    weight_stats   per leaf (every parameter and BatchNorm statistic): mean, std and the 0, 25,
+                   50, 75 and 100 % quantiles of its values (Unterthiner et al. 2020)
+    pca            the first `num_components` principal directions of the pca stage's
+                   coefficients (concatenated over parameters), fitted on the rows given
+    ae             the ae stage's latent
+    sane           the sane stage's embedding (mean over tokens of the encoder output)
+"""
+import os
+
+import jax
+import numpy as np
+
+from wsjax.common import contract
+from wsjax.common.config import require
+from wsjax.zoo import snapshots
+
+QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
+# Representations read from another stage: that stage and the file it writes them to.
+OUTPUTS = {"pca": ("pca", "coeffs.npz"), "ae": ("ae", "latents.npz"), "sane": ("sane", "embeddings.npz")}
+NAMES = ("weight_stats", "pca", "ae", "sane")
+
+
+def weight_statistics(stacked):
+    """[N, 7 x leaves] of stacked variables [N, ...]: per leaf mean, std and QUANTILES."""
+    out = []
+    for leaf in jax.tree_util.tree_leaves(stacked):
+        x = np.asarray(leaf, np.float32).reshape(len(leaf), -1)
+        out += [x.mean(1, keepdims=True), x.std(1, keepdims=True),
+                np.quantile(x, QUANTILES, axis=1).T]
+    return np.concatenate(out, axis=1)
+
+
+def zoo_weight_statistics(workdir, rows):
+    """weight_statistics of every snapshot of `rows` (manifest rows), in their order."""
+    index = snapshots.snapshot_index(snapshots.read_manifest(workdir))
+    by_model = {}
+    for i, r in enumerate(rows):
+        by_model.setdefault(r["model_id"], []).append((i, index[(r["model_id"], r["snapshot"])]))
+    out = None
+    for model_id, pairs in by_model.items():
+        stats = weight_statistics(snapshots.load_snapshots(workdir, model_id))
+        out = np.empty((len(rows), stats.shape[1]), np.float32) if out is None else out
+        for i, j in pairs:
+            out[i] = stats[j]
+    return out
+
+
+def _aligned(table, rows, source):
+    """table['z'|'coeffs'] rows reordered to match manifest `rows` by (model_id, snapshot)."""
+    key = "z" if "z" in table else "coeffs"
+    position = {(int(m), str(s)): i for i, (m, s) in enumerate(zip(table["model_id"], table["snapshot"]))}
+    missing = [(r["model_id"], r["snapshot"]) for r in rows if (r["model_id"], r["snapshot"]) not in position]
+    require(not missing, f"{source} lacks snapshots {missing[:3]} of the zoo's manifest: rerun that stage")
+    return np.asarray(table[key][[position[(r["model_id"], r["snapshot"])] for r in rows]], np.float32)
+
+
+def pca_projection(coeffs, fit_idx, num_components):
+    """coeffs [N, K] projected on the top `num_components` principal directions of coeffs[fit_idx]."""
+    mean = coeffs[fit_idx].mean(0)
+    _, _, vt = np.linalg.svd(coeffs[fit_idx] - mean, full_matrices=False)
+    return (coeffs - mean) @ vt[:num_components].T
+
+
+def available(workdir, names):
+    """The representations of `names` whose stage has finished in `workdir` (weight_stats always)."""
+    return [n for n in names if n not in OUTPUTS or os.path.exists(os.path.join(workdir, *OUTPUTS[n]))]
+
+
+def load(workdir, name, rows):
+    """Raw features [N, F] of representation `name` for manifest `rows` (pca: all coefficients;
+    the projection is fitted per split by the caller)."""
+    if name == "weight_stats":
+        return zoo_weight_statistics(workdir, rows)
+    contract.current(workdir, OUTPUTS[name][0])  # built from the zoo that is there now
+    if name == "pca":
+        from wsjax import pca
+        return _aligned(pca.load_coeffs(workdir), rows, f"{workdir}/pca/coeffs.npz")
+    if name == "ae":
+        from wsjax import ae
+        return _aligned(ae.load_latents(workdir), rows, f"{workdir}/ae/latents.npz")
+    if name == "sane":
+        from wsjax import sane
+        return _aligned(sane.load_embeddings(workdir), rows, f"{workdir}/sane/embeddings.npz")
+    raise ValueError(f"unknown representation {name!r}: use one of {NAMES}")

@@ -1,0 +1,85 @@
+"""SANE's transformer encoder-decoder over weight tokens (Schürholt et al. 2024), in Flax."""
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: self-attention then MLP, both residual."""
+    dim: int
+    num_heads: int
+    mlp_ratio: int
+
+    @nn.compact
+    def __call__(self, x):
+        x = x + nn.MultiHeadDotProductAttention(self.num_heads)(nn.LayerNorm()(x))
+        y = nn.Dense(self.mlp_ratio * self.dim)(nn.LayerNorm()(x))
+        return x + nn.Dense(self.dim)(nn.gelu(y))
+
+
+class Stack(nn.Module):
+    """Tokens [B, W, in] plus learned segment, channel and position encodings -> [B, W, out]."""
+    dim: int
+    out_dim: int
+    num_layers: int
+    num_heads: int
+    mlp_ratio: int
+    num_segments: int
+    max_channels: int
+    max_positions: int
+
+    @nn.compact
+    def __call__(self, x, segment, channel, position):
+        x = (nn.Dense(self.dim)(x) + nn.Embed(self.num_segments, self.dim)(segment)
+             + nn.Embed(self.max_channels, self.dim)(channel)
+             + nn.Embed(self.max_positions, self.dim)(position))
+        for _ in range(self.num_layers):
+            x = Block(self.dim, self.num_heads, self.mlp_ratio)(x)
+        return nn.Dense(self.out_dim)(nn.LayerNorm()(x))
+
+
+class SANE(nn.Module):
+    """encode: tokens -> per-token latents; decode: latents -> tokens; project: pooled latent ->
+    the contrastive head's space. Encodings: segment (layer x chunk), channel, absolute position."""
+    token_size: int
+    dim: int
+    latent_dim: int
+    projection_dim: int
+    encoder_layers: int
+    decoder_layers: int
+    num_heads: int
+    mlp_ratio: int
+    num_segments: int
+    max_channels: int
+    max_positions: int
+
+    def setup(self):
+        shared = dict(dim=self.dim, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
+                      num_segments=self.num_segments, max_channels=self.max_channels,
+                      max_positions=self.max_positions)
+        self.encoder = Stack(out_dim=self.latent_dim, num_layers=self.encoder_layers, **shared)
+        self.decoder = Stack(out_dim=self.token_size, num_layers=self.decoder_layers, **shared)
+        self.head = nn.Sequential([nn.Dense(self.dim), nn.gelu, nn.Dense(self.projection_dim)])
+
+    def encode(self, tokens, segment, channel, position):
+        return self.encoder(tokens, segment, channel, position)
+
+    def decode(self, z, segment, channel, position):
+        return self.decoder(z, segment, channel, position)
+
+    def project(self, z):
+        """[B, W, latent] -> [B, projection_dim], from the mean over tokens."""
+        return self.head(jnp.mean(z, axis=1))
+
+    def __call__(self, tokens, segment, channel, position):
+        z = self.encode(tokens, segment, channel, position)
+        return z, self.decode(z, segment, channel, position), self.project(z)
+
+
+def build(config, layout):
+    """SANE from `config.model` and the zoo's token Layout."""
+    m = config.model
+    return SANE(token_size=layout.token_size, dim=m.dim, latent_dim=m.latent_dim,
+                projection_dim=m.projection_dim, encoder_layers=m.encoder_layers,
+                decoder_layers=m.decoder_layers, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
+                num_segments=layout.num_segments, max_channels=layout.max_channels,
+                max_positions=layout.num_tokens)

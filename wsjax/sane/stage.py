@@ -1,0 +1,355 @@
+"""Stage 'sane': SANE-style encoder of the zoo's weights (seed 004).
+
+    sane/checkpoints/     Orbax CheckpointManager of the training state (resume point)
+    sane/params/          Orbax: the selected parameters and the token normalisation statistics
+    sane/embeddings.npz   z [S, latent_dim] of every zoo snapshot (manifest order), model_id,
+                          snapshot, split, status
+    sane/log.jsonl        training and val-model metrics
+    sane/metrics.json     selection, timings, and how far a channel permutation moves an embedding
+
+Trained on train-split snapshots; the checkpoint is the one with the lowest loss on val-split
+models (a fixed key, so the number is comparable across checkpoints). Batches and keys are pure
+functions of (seed, step): a killed run resumes from its last checkpoint and ends in the same state.
+"""
+import functools
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax.training import train_state
+from tqdm import tqdm
+
+from wsjax.common import checkpoints
+from wsjax.common import config as config_lib
+from wsjax.common import io
+from wsjax.common.config import require
+from wsjax.sane import model as model_lib
+from wsjax.sane import tokens as tokens_lib
+from wsjax.zoo import snapshots
+
+STAGE = "sane"
+
+
+def _positive(section, name, value, least=1):
+    require(value >= least, f"config.{section}.{name} must be >= {least}, got {value}")
+
+
+def check_config(config):
+    require("model" in config and "train" in config and "tokens" in config,
+            "config.model/train/tokens are missing: use configs/sane.py")
+    t, m, a = config.train, config.model, config.augment
+    _positive("tokens", "token_size", config.tokens.token_size)
+    _positive("tokens", "window", config.tokens.window, least=2)
+    for name in ("dim", "latent_dim", "projection_dim", "num_heads", "mlp_ratio"):
+        _positive("model", name, m[name])
+    require(m.dim % m.num_heads == 0,
+            f"config.model.dim ({m.dim}) must be a multiple of num_heads ({m.num_heads})")
+    _positive("train", "steps", t.steps)
+    _positive("train", "batch_size", t.batch_size, least=2)  # NT-Xent needs negatives
+    _positive("train", "checkpoint_every", t.checkpoint_every)
+    require(0 <= t.warmup_steps < t.steps,
+            f"config.train.warmup_steps must be in [0, steps), got {t.warmup_steps}")
+    require(t.learning_rate > 0, f"config.train.learning_rate must be > 0, got {t.learning_rate}")
+    _positive("augment", "noise", a.noise, least=0)
+    for name in ("erase_probability", "erase_fraction"):
+        require(0 <= a[name] <= 1, f"config.augment.{name} must be in [0, 1], got {a[name]}")
+    loss = config.loss
+    require(loss.reconstruction >= 0 and loss.contrastive >= 0 and loss.reconstruction + loss.contrastive > 0,
+            "config.loss.reconstruction and contrastive must be >= 0, one of them > 0")
+    require(loss.temperature > 0, f"config.loss.temperature must be > 0, got {loss.temperature}")
+
+
+def paths(workdir):
+    d = os.path.join(workdir, STAGE)
+    return dict(params=os.path.join(d, "params"), embeddings=os.path.join(d, "embeddings.npz"),
+                checkpoints=os.path.join(d, "checkpoints"), log=os.path.join(d, "log.jsonl"),
+                metrics=os.path.join(d, "metrics.json"))
+
+
+class Encoder:
+    """The trained SANE encoder: `embed(stacked variables [N, ...])` -> [N, latent_dim], the mean
+    over all tokens of the encoder's output, the sequence covered by consecutive windows."""
+
+    def __init__(self, module, params, layout, mean, std, window):
+        self.module, self.params, self.layout = module, params, layout
+        self.window = min(window, layout.num_tokens)
+        self._embed = jax.jit(functools.partial(_embed, module, layout, self.window))
+        self._norm = (jnp.asarray(mean), jnp.asarray(std))
+
+    def embed(self, stacked, chunk=64):
+        n = len(jax.tree_util.tree_leaves(stacked)[0])
+        return np.concatenate([np.asarray(self._embed(
+            self.params, *self._norm, jax.tree_util.tree_map(lambda x: jnp.asarray(x[i:i + chunk]), stacked)))
+            for i in range(0, n, chunk)])
+
+
+def _normalised(layout, mean, std, stacked):
+    """Normalised tokens [B, T, D] of stacked variables; mean/std are per segment [S, D]."""
+    seg = layout.segment
+    tok = jax.vmap(functools.partial(tokens_lib.tokenize, token_size=layout.token_size))(stacked)
+    return (tok - mean[seg]) / std[seg] * layout.mask
+
+
+def _starts(num_tokens, window):
+    """Window starts covering the sequence: every `window` tokens, the last flush with the end."""
+    starts = list(range(0, num_tokens - window + 1, window))
+    return starts + ([num_tokens - window] if starts[-1] != num_tokens - window else [])
+
+
+def _encodings(layout, pos):
+    return jnp.asarray(layout.segment)[pos], jnp.asarray(layout.channel)[pos], pos
+
+
+def _embed(module, layout, window, params, mean, std, stacked):
+    tok = _normalised(layout, mean, std, stacked)  # [B, T, D]
+    b, t = tok.shape[:2]
+    pos = jnp.asarray([np.arange(s, s + window) for s in _starts(t, window)])  # [n, W]
+    pos = jnp.broadcast_to(pos[:, None], (len(pos), b, window)).reshape(-1, window)
+    x = jnp.take_along_axis(jnp.tile(tok, (len(pos) // b, 1, 1)), pos[:, :, None], axis=1)
+    z = module.apply({"params": params}, x, *_encodings(layout, pos), method="encode")
+    # each token's latent averaged over the windows that cover it, then the mean over tokens
+    total = jnp.zeros((b, t, z.shape[-1])).at[jnp.arange(len(pos))[:, None] % b, pos].add(z)
+    count = jnp.zeros((t,)).at[pos].add(1.0) / b
+    return (total / count[None, :, None]).mean(1)
+
+
+def nt_xent(a, b, temperature):
+    """NT-Xent (SimCLR) of paired projections a, b [B, P]: each row's positive is its pair."""
+    z = jnp.concatenate([a, b])
+    z = z / jnp.linalg.norm(z, axis=1, keepdims=True).clip(1e-8)
+    logits = z @ z.T / temperature
+    n = a.shape[0]
+    logits = jnp.where(jnp.eye(2 * n, dtype=bool), -jnp.inf, logits)
+    target = jnp.concatenate([jnp.arange(n, 2 * n), jnp.arange(n)])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, target).mean()
+
+
+def views(layout, window, augment, mean, std, stacked, key):
+    """Two augmented views of the same window of each network: (inputs [2B, W, D], clean targets
+    [2B, W, D], masks [2B, W, D], positions [2B, W]). A view's target is its permuted network's
+    clean tokens: permutation is a different but equivalent network, noise and erasing are not."""
+    b = len(jax.tree_util.tree_leaves(stacked)[0])
+    k_start, *k_views = jax.random.split(key, 3)
+    start = jax.random.randint(k_start, (b,), 0, layout.num_tokens - window + 1)
+    pos = start[:, None] + jnp.arange(window)
+    mask = jnp.asarray(layout.mask)[pos]
+    out = []
+    for k in k_views:
+        k_perm, k_noise, k_erase = jax.random.split(k, 3)
+        v = (jax.vmap(tokens_lib.permute_channels)(stacked, jax.random.split(k_perm, b))
+             if augment.permute else stacked)
+        tok = jnp.take_along_axis(_normalised(layout, mean, std, v), pos[:, :, None], axis=1)
+        noisy = tok + augment.noise * jax.random.normal(k_noise, tok.shape) * mask
+        erased = jax.vmap(functools.partial(tokens_lib.erase, probability=augment.erase_probability,
+                                            max_fraction=augment.erase_fraction))(
+            noisy, mask, jax.random.split(k_erase, b))
+        out.append((erased, tok))
+    cat = lambda xs: jnp.concatenate(xs)  # noqa: E731
+    return (cat([o[0] for o in out]), cat([o[1] for o in out]), cat([mask, mask]), cat([pos, pos]))
+
+
+def make_loss_fn(module, layout, config, mean, std):
+    """loss(params, stacked variables [B, ...], key) -> (total, metrics)."""
+    window = min(config.tokens.window, layout.num_tokens)
+
+    def loss_fn(params, stacked, key):
+        x, target, mask, pos = views(layout, window, config.augment, mean, std, stacked, key)
+        _, recon, proj = module.apply({"params": params}, x, *_encodings(layout, pos))
+        rec = jnp.sum(mask * (recon - target) ** 2) / jnp.sum(mask)
+        con = nt_xent(*jnp.split(proj, 2), config.loss.temperature)
+        total = config.loss.reconstruction * rec + config.loss.contrastive * con
+        return total, dict(loss=total, reconstruction=rec, contrastive=con)
+    return loss_fn
+
+
+def make_train_step(loss_fn):
+    def train_step(state, stacked, key):
+        (_, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, stacked, key)
+        return state.apply_gradients(grads=grads), m
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def make_optimizer(t):
+    schedule = optax.warmup_cosine_decay_schedule(0.0, t.learning_rate, t.warmup_steps, t.steps,
+                                                  t.learning_rate * t.end_lr_fraction)
+    return optax.chain(optax.clip_by_global_norm(t.grad_clip),
+                       optax.adamw(schedule, weight_decay=t.weight_decay)), schedule
+
+
+def batch(seed, step, train_idx, batch_size):
+    """(snapshot indices of step `step`, its key): pure in (seed, step), so a resumed run draws
+    what the killed one would have."""
+    rng = np.random.default_rng([seed, step])
+    pick = np.sort(rng.choice(train_idx, batch_size, replace=len(train_idx) < batch_size))
+    return pick, jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), step)
+
+
+def take(stacked, idx):
+    return jax.tree_util.tree_map(lambda x: jnp.asarray(x[idx]), stacked)
+
+
+def read_zoo(workdir):
+    """(manifest rows, stacked variables [S, ...] of every snapshot in manifest order)."""
+    rows = snapshots.read_manifest(workdir)
+    snapshots.check_snapshots(workdir, rows)
+    per_model = [snapshots.load_snapshots(workdir, m)
+                 for m in tqdm(sorted({r["model_id"] for r in rows}), desc="sane: read zoo",
+                               unit="model", leave=False)]
+    return rows, jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *per_model)
+
+
+def token_statistics(layout, stacked, idx, chunk=64):
+    """Per segment (layer x chunk) and token entry, the mean and std [S, D] over the snapshots
+    `idx` and the segment's channels; padding entries keep unit scale."""
+    tokenize = jax.jit(jax.vmap(functools.partial(tokens_lib.tokenize, token_size=layout.token_size)))
+    s, d = layout.num_segments, layout.token_size
+    total, squares = np.zeros((s, d)), np.zeros((s, d))
+    for i in range(0, len(idx), chunk):
+        tok = np.asarray(tokenize(take(stacked, idx[i:i + chunk])), np.float64)
+        np.add.at(total, layout.segment, tok.sum(0))
+        np.add.at(squares, layout.segment, (tok ** 2).sum(0))
+    count = len(idx) * np.bincount(layout.segment, minlength=s)[:, None]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean ** 2, 0.0))
+    std = np.where(std > 1e-6, std, 1.0)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def train(config, out, state, loss_fn, schedule, stacked, idx):
+    """Trains from the last checkpoint to config.train.steps; returns (best params, best val loss,
+    its step)."""
+    t = config.train
+    step_fn = make_train_step(loss_fn)
+    eval_loss = jax.jit(lambda params, v, key: loss_fn(params, v, key)[1])
+    eval_key = jax.random.fold_in(jax.random.key(config.seed), 2)
+    select = idx["select"]
+    chunks = [select[i:i + t.batch_size] for i in range(0, len(select), t.batch_size)]
+    chunks = [c for c in chunks if len(c) >= 2]  # NT-Xent needs a negative
+
+    def check(params):
+        ms = [jax.device_get(eval_loss(params, take(stacked, c), eval_key)) for c in chunks]
+        return {k: float(np.mean([m[k] for m in ms])) for k in ms[0]}
+
+    ckpt = dict(state=state, best_params=state.params, best_val=np.asarray(np.inf, np.float32),
+                best_step=np.asarray(0, np.int32))
+    manager, start, ckpt = checkpoints.resume(out["checkpoints"], ckpt, stage=STAGE)
+    log = io.MetricWriter(out["log"])
+    log.trim(start)
+    state, best_params = ckpt["state"], ckpt["best_params"]
+    best_val, best_step = float(ckpt["best_val"]), int(ckpt["best_step"])
+    bar = tqdm(range(start, t.steps), desc="sane train", unit="step", initial=start, total=t.steps)
+    tic = time.time()
+    for step in bar:
+        pick, key = batch(config.seed, step, idx["train"], t.batch_size)
+        state, m = step_fn(state, take(stacked, pick), key)
+        if (step + 1) % t.log_every == 0:
+            m = {k: float(v) for k, v in jax.device_get(m).items()}
+            bar.set_postfix(loss=f"{m['loss']:.4f}")
+            log.write(step + 1, lr=float(schedule(step)), seconds=time.time() - tic, **m)
+        if (step + 1) % t.checkpoint_every == 0 or step + 1 == t.steps:
+            v = check(state.params)
+            if v["loss"] < best_val:
+                best_val, best_step = v["loss"], step + 1
+                best_params = jax.tree_util.tree_map(jnp.copy, state.params)
+            log.write(step + 1, **{f"val_{k}": x for k, x in v.items()})
+            manager.save(step + 1, dict(state=state, best_params=best_params,
+                                        best_val=np.asarray(best_val, np.float32),
+                                        best_step=np.asarray(best_step, np.int32)))
+    bar.close()
+    manager.close()
+    return best_params, best_val, best_step
+
+
+def permutation_check(encoder, stacked, idx, seed):
+    """How far a function-preserving channel permutation moves the embedding of the snapshots
+    `idx`, relative to the distance to the nearest other snapshot and to the median pair."""
+    v = take(stacked, idx)
+    keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), 3), len(idx))
+    z = encoder.embed(v)
+    zp = encoder.embed(jax.vmap(tokens_lib.permute_channels)(v, keys))
+    moved = np.linalg.norm(zp - z, axis=1)
+    pair = np.linalg.norm(z[:, None] - z[None], axis=-1)
+    np.fill_diagonal(pair, np.inf)
+    return dict(snapshots=len(idx), mean_moved=float(moved.mean()),
+                mean_nearest_other=float(pair.min(1).mean()),
+                median_pair=float(np.median(pair[np.isfinite(pair)])),
+                closest_to_itself=float((moved < pair.min(1)).mean()))
+
+
+def load(workdir):
+    """The Encoder trained in `workdir/sane`."""
+    path = paths(workdir)["params"]
+    require(checkpoints.exists(path), f"{path} not found: run the 'sane' stage with this --workdir first")
+    config = config_lib.load(workdir, STAGE)
+    saved = checkpoints.restore(path, stage=STAGE)
+    rows = snapshots.read_manifest(workdir)
+    template = snapshots.load_variables(workdir, rows[0]["model_id"], rows[0]["snapshot"])
+    layout = tokens_lib.layout(template, config.tokens.token_size)
+    module = model_lib.build(config, layout)
+    params = jax.tree_util.tree_map(jnp.asarray, saved["params"])
+    return Encoder(module, params, layout, saved["mean"], saved["std"], config.tokens.window)
+
+
+def load_embeddings(workdir):
+    """dict(z [S, latent_dim], model_id, snapshot, split, status): every zoo snapshot's embedding."""
+    path = paths(workdir)["embeddings"]
+    require(os.path.exists(path), f"{path} not found: run the 'sane' stage with this --workdir first")
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def run(config, workdir):
+    check_config(config)
+    out = paths(workdir)
+    if checkpoints.exists(out["params"]) and all(os.path.exists(out[k]) for k in ("embeddings", "metrics")):
+        logging.info("sane: outputs in %s are complete, nothing to do", os.path.dirname(out["params"]))
+        return load(workdir)
+    start_time = time.time()
+    rows, stacked = read_zoo(workdir)
+    split = np.array([r["split"] for r in rows])
+    ok = np.array([r["status"] == "ok" for r in rows])
+    idx = {s: np.flatnonzero(ok & (split == s)) for s in ("train", "val", "test")}
+    require(len(idx["train"]) >= 2,
+            f"{workdir}/zoo has {len(idx['train'])} ok train snapshots: SANE needs >= 2")
+    idx["select"], selected_on = (idx["val"], "val") if len(idx["val"]) >= 2 else (idx["train"], "train")
+    if selected_on == "train":
+        logging.warning("sane: fewer than 2 val-split snapshots; the checkpoint is selected on train")
+
+    layout = tokens_lib.layout(take(stacked, 0), config.tokens.token_size)
+    mean, std = token_statistics(layout, stacked, idx["train"])
+    module = model_lib.build(config, layout)
+    window = min(config.tokens.window, layout.num_tokens)
+    key = jax.random.fold_in(jax.random.key(config.seed), 0)
+    zeros = jnp.zeros((1, window, layout.token_size))
+    pos = jnp.arange(window)[None]
+    params = module.init(key, zeros, *_encodings(layout, pos))["params"]
+    tx, schedule = make_optimizer(config.train)
+    state = train_state.TrainState.create(apply_fn=module.apply, params=params, tx=tx)
+    loss_fn = make_loss_fn(module, layout, config, jnp.asarray(mean), jnp.asarray(std))
+    tic = time.time()
+    best_params, best_val, best_step = train(config, out, state, loss_fn, schedule, stacked, idx)
+    train_seconds = time.time() - tic
+
+    checkpoints.save(out["params"], dict(params=best_params, mean=mean, std=std))
+    encoder = load(workdir)
+    z = encoder.embed(stacked)
+    io.savez(out["embeddings"], z=z, model_id=np.array([r["model_id"] for r in rows]),
+             snapshot=np.array([r["snapshot"] for r in rows]), split=split,
+             status=np.array([r["status"] for r in rows]))
+    held_out = np.concatenate([idx["val"], idx["test"]])
+    metrics = dict(selected_on=selected_on, best_val_loss=best_val, best_step=best_step,
+                   num_tokens=layout.num_tokens, token_size=layout.token_size, window=window,
+                   num_params=int(sum(x.size for x in jax.tree_util.tree_leaves(best_params))),
+                   permutation=permutation_check(encoder, stacked, held_out if len(held_out) >= 2
+                                                 else idx["train"], config.seed),
+                   train_seconds=train_seconds, stage_seconds=time.time() - start_time)
+    io.write_json(out["metrics"], metrics)
+    logging.info("sane: done in %.1f s (best val loss %.4f at step %d; permutation moves an "
+                 "embedding %.3g, nearest other snapshot %.3g)", metrics["stage_seconds"], best_val,
+                 best_step, metrics["permutation"]["mean_moved"],
+                 metrics["permutation"]["mean_nearest_other"])
+    return encoder

@@ -1,0 +1,118 @@
+"""A zoo ResNet-18's variables as a token sequence (SANE), and the augmentations of its views.
+
+One token per output channel of each layer, in forward order: a conv's kernel slice for that
+channel [kh * kw * c_in] followed by its BatchNorm's scale, bias, running mean and variance; the
+classifier's kernel column and bias. A channel longer than `token_size` spans several tokens
+(chunks); every token is zero-padded to `token_size` and carries a validity mask.
+"""
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_BLOCK_LAYERS = (("conv1", "bn1"), ("conv2", "bn2"), ("down_conv", "down_bn"))
+
+
+def layers(params):
+    """[(block, conv, bn)] in forward order; block None is the top level, bn None the classifier."""
+    out = [(None, "conv1", "bn1")]
+    for block in sorted(k for k in params if k.startswith("layer")):
+        out += [(block, conv, bn) for conv, bn in _BLOCK_LAYERS if conv in params[block]]
+    return out + [(None, "fc", None)]
+
+
+def _get(tree, block, name):
+    return tree[name] if block is None else tree[block][name]
+
+
+def channel_vectors(variables):
+    """[[C, n] per layer]: each output channel's values, as one row."""
+    params, stats = variables["params"], variables["batch_stats"]
+    out = []
+    for block, conv, bn in layers(params):
+        kernel = _get(params, block, conv)["kernel"]
+        rows = kernel.reshape(-1, kernel.shape[-1]).T  # [C, kh * kw * c_in] (or [C, in] for fc)
+        if bn is None:
+            extra = [_get(params, block, conv)["bias"]]
+        else:
+            extra = [_get(params, block, bn)["scale"], _get(params, block, bn)["bias"],
+                     _get(stats, block, bn)["mean"], _get(stats, block, bn)["var"]]
+        out.append(jnp.concatenate([rows] + [e[:, None] for e in extra], axis=1))
+    return out
+
+
+class Layout(NamedTuple):
+    """Static description of a token sequence (numpy): per token its segment (layer x chunk),
+    channel within its layer, and validity mask [T, token_size]."""
+    token_size: int
+    segment: np.ndarray   # [T] int
+    channel: np.ndarray   # [T] int
+    mask: np.ndarray      # [T, token_size] float32
+
+    @property
+    def num_tokens(self):
+        return len(self.segment)
+
+    @property
+    def num_segments(self):
+        return int(self.segment.max()) + 1
+
+    @property
+    def max_channels(self):
+        return int(self.channel.max()) + 1
+
+
+def layout(variables, token_size):
+    """The Layout of `variables`' tokens (shapes only are read)."""
+    segment, channel, mask, next_segment = [], [], [], 0
+    for rows in jax.eval_shape(channel_vectors, variables):
+        c, n = rows.shape
+        chunks = -(-n // token_size)
+        valid = (np.arange(chunks * token_size) < n).reshape(chunks, token_size)
+        segment.append(np.tile(next_segment + np.arange(chunks), c))
+        channel.append(np.repeat(np.arange(c), chunks))
+        mask.append(np.tile(valid, (c, 1)))
+        next_segment += chunks
+    return Layout(token_size, np.concatenate(segment), np.concatenate(channel),
+                  np.concatenate(mask).astype(np.float32))
+
+
+def tokenize(variables, token_size):
+    """Tokens [T, token_size] of one network's variables (jittable; vmap for a stack)."""
+    out = []
+    for rows in channel_vectors(variables):
+        c, n = rows.shape
+        chunks = -(-n // token_size)
+        out.append(jnp.pad(rows, ((0, 0), (0, chunks * token_size - n))).reshape(c * chunks, token_size))
+    return jnp.concatenate(out).astype(jnp.float32)
+
+
+def permute_channels(variables, key):
+    """The same function with each residual block's inner channels permuted: conv1's output
+    channels, bn1's parameters and statistics, and conv2's input channels, one random permutation
+    per block. (The residual stream's channels are left alone: permuting them would have to be one
+    permutation across a whole stage, its shortcuts and the next stage.)"""
+    out = jax.tree_util.tree_map(lambda x: x, variables)  # fresh nested dicts, same leaves
+    params, stats = out["params"], out["batch_stats"]
+    blocks = sorted(k for k in params if k.startswith("layer"))
+    for i, block in enumerate(blocks):
+        p, s = params[block], stats[block]
+        perm = jax.random.permutation(jax.random.fold_in(key, i), p["conv1"]["kernel"].shape[-1])
+        p["conv1"] = dict(kernel=p["conv1"]["kernel"][..., perm])
+        p["bn1"] = {k: v[perm] for k, v in p["bn1"].items()}
+        s["bn1"] = {k: v[perm] for k, v in s["bn1"].items()}
+        p["conv2"] = dict(kernel=p["conv2"]["kernel"][:, :, perm, :])
+    return out
+
+
+def erase(tokens, mask, key, probability, max_fraction):
+    """With `probability`, zeroes a random contiguous span of up to `max_fraction` of the tokens
+    [W, D] (random erasing, on the token sequence)."""
+    k_apply, k_len, k_start = jax.random.split(key, 3)
+    w = tokens.shape[0]
+    length = jax.random.randint(k_len, (), 0, max(1, int(max_fraction * w)) + 1)
+    start = jax.random.randint(k_start, (), 0, w - length + 1)
+    idx = jnp.arange(w)
+    hit = (idx >= start) & (idx < start + length) & jax.random.bernoulli(k_apply, probability)
+    return jnp.where(hit[:, None], 0.0, tokens) * mask
