@@ -26,7 +26,7 @@ from wsjax import data, models, pca
 from wsjax.ae import losses, reconstruction
 from wsjax.ae import model as model_lib
 from wsjax.common import config as config_lib
-from wsjax.common import io
+from wsjax.common import io, loop
 from wsjax.common import checkpoints
 from wsjax.common.config import require
 from wsjax.models import inference
@@ -240,34 +240,16 @@ def train(config, out, state, loss_fn, schedule, x_all, idx, probe_set):
     eval_loss = jax.jit(lambda params, x, probes, targets: loss_fn(params, x, x, probes, targets)[1])
     check = functools.partial(validate, eval_loss, x_all=x_all, val_idx=idx["select"],
                               batch_size=t.batch_size, probe_set=probe_set)
-    ckpt = dict(state=state, best_params=state.params, best_val=np.asarray(np.inf, np.float32))
-    manager, start, ckpt = checkpoints.resume(out["checkpoints"], ckpt, stage=STAGE)
-    log = io.MetricWriter(out["log"])
-    log.trim(start if start else -1)  # a fresh start writes step 0's line again
-    state, best_params, best_val = ckpt["state"], ckpt["best_params"], float(ckpt["best_val"])
-    if not start:  # the initial (linear PCA) AE is a candidate too: training must beat it
-        v = check(state.params)
-        best_val, best_params = v["loss"], jax.tree_util.tree_map(jnp.copy, state.params)
-        log.write(0, **{f"val_{k}": x for k, x in v.items()})
-    bar = tqdm(range(start, t.steps), desc="ae train", unit="step", initial=start, total=t.steps)
-    tic = time.time()
-    for step in bar:
+
+    def inputs(step):
         pick, key = batch(config.seed, step, idx["train"], t.batch_size)
         probes, targets = behaviour_inputs(probe_set, pick[:config.loss.behaviour_models])
-        state, m = step_fn(state, jnp.asarray(x_all[pick]), probes, targets, key)
-        if (step + 1) % t.log_every == 0:
-            m = {k: float(v) for k, v in jax.device_get(m).items()}
-            bar.set_postfix(loss=f"{m['loss']:.4f}")
-            log.write(step + 1, lr=float(schedule(step)), seconds=time.time() - tic, **m)
-        if (step + 1) % t.checkpoint_every == 0 or step + 1 == t.steps:
-            v = check(state.params)
-            if v["loss"] < best_val:
-                best_val, best_params = v["loss"], jax.tree_util.tree_map(jnp.copy, state.params)
-            log.write(step + 1, **{f"val_{k}": x for k, x in v.items()})
-            manager.save(step + 1, dict(state=state, best_params=best_params,
-                                        best_val=np.asarray(best_val, np.float32)))
-    bar.close()
-    manager.close()
+        return jnp.asarray(x_all[pick]), probes, targets, key
+
+    # the initial (linear PCA) AE is a candidate too: training must beat it
+    best_params, best_val, _ = loop.train_keep_best(
+        step_fn, inputs, check, state, t, schedule=schedule, directory=out["checkpoints"],
+        log_path=out["log"], stage=STAGE, init_is_candidate=True)
     return best_params, best_val
 
 

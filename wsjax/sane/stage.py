@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from wsjax.common import checkpoints
 from wsjax.common import config as config_lib
-from wsjax.common import io
+from wsjax.common import io, loop
 from wsjax.common.config import require
 from wsjax.sane import model as model_lib
 from wsjax.sane import tokens as tokens_lib
@@ -234,34 +234,12 @@ def train(config, out, state, loss_fn, schedule, stacked, idx):
         ms = [jax.device_get(eval_loss(params, take(stacked, c), eval_key)) for c in chunks]
         return {k: float(np.mean([m[k] for m in ms])) for k in ms[0]}
 
-    ckpt = dict(state=state, best_params=state.params, best_val=np.asarray(np.inf, np.float32),
-                best_step=np.asarray(0, np.int32))
-    manager, start, ckpt = checkpoints.resume(out["checkpoints"], ckpt, stage=STAGE)
-    log = io.MetricWriter(out["log"])
-    log.trim(start)
-    state, best_params = ckpt["state"], ckpt["best_params"]
-    best_val, best_step = float(ckpt["best_val"]), int(ckpt["best_step"])
-    bar = tqdm(range(start, t.steps), desc="sane train", unit="step", initial=start, total=t.steps)
-    tic = time.time()
-    for step in bar:
+    def inputs(step):
         pick, key = batch(config.seed, step, idx["train"], t.batch_size)
-        state, m = step_fn(state, take(stacked, pick), key)
-        if (step + 1) % t.log_every == 0:
-            m = {k: float(v) for k, v in jax.device_get(m).items()}
-            bar.set_postfix(loss=f"{m['loss']:.4f}")
-            log.write(step + 1, lr=float(schedule(step)), seconds=time.time() - tic, **m)
-        if (step + 1) % t.checkpoint_every == 0 or step + 1 == t.steps:
-            v = check(state.params)
-            if v["loss"] < best_val:
-                best_val, best_step = v["loss"], step + 1
-                best_params = jax.tree_util.tree_map(jnp.copy, state.params)
-            log.write(step + 1, **{f"val_{k}": x for k, x in v.items()})
-            manager.save(step + 1, dict(state=state, best_params=best_params,
-                                        best_val=np.asarray(best_val, np.float32),
-                                        best_step=np.asarray(best_step, np.int32)))
-    bar.close()
-    manager.close()
-    return best_params, best_val, best_step
+        return take(stacked, pick), key
+
+    return loop.train_keep_best(step_fn, inputs, check, state, t, schedule=schedule,
+                                directory=out["checkpoints"], log_path=out["log"], stage=STAGE)
 
 
 def permutation_check(encoder, stacked, idx, seed):
