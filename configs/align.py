@@ -40,26 +40,24 @@ def get_config(arg=None):
     c.loss = "multi_positive"  # 'nt_xent' (the thesis) | 'multi_positive' (same task and bin = positives)
     c.temperature = 0.1
     c.regression_weight = 1.0  # + weight x MSE of standardised z_proj vs z_weight (0 = contrastive only)
-    c.batch_size = 256         # train snapshots per step (all of them if fewer)
     # ~200 train snapshots: longer training memorises them (train top-1 0.8) and held-out R² of
     # z_proj falls below 0 (measured on the demo zoo: 0.16 at 200 steps, -0.36 at 1500)
-    c.num_steps = 200
-    c.learning_rate = 1e-3
-    c.weight_decay = 1e-4
-    c.warmup_steps = 20
-    c.eval_every = 50
-    c.checkpoint_every = 100
+    c.train = ml_collections.ConfigDict(dict(
+        steps=200,
+        batch_size=256,        # train snapshots per step (all of them if fewer)
+        learning_rate=1e-3,
+        warmup_steps=20,
+        weight_decay=1e-4,
+        log_every=50,          # also when validation retrieval is measured
+        checkpoint_every=100,
+    ))
     c.retrieval_batch = 256    # validation keys: held-out snapshots + train snapshots as distractors
 
     if preset == "tiny":
         c.results.num_bins = 4
         c.results.dim = 16
         c.model.hidden = (64,)
-        c.batch_size = 64
-        c.num_steps = 60
-        c.warmup_steps = 5
-        c.eval_every = 20
-        c.checkpoint_every = 20
+        c.train.update(steps=60, batch_size=64, warmup_steps=5, log_every=20, checkpoint_every=20)
         c.encoder.images_per_class = 64
     elif preset == "imagenet":
         c.encoder.kind = "clip"
@@ -68,10 +66,6 @@ def get_config(arg=None):
         c.results.dim = 512
         c.results.num_bins = 20
         c.model.hidden = (2048, 2048)
-        c.batch_size = 256
-        c.num_steps = 20000
-        c.learning_rate = 3e-4
-        c.warmup_steps = 500
-        c.eval_every = 1000
-        c.checkpoint_every = 1000
+        c.train.update(steps=20000, learning_rate=3e-4, warmup_steps=500, log_every=1000,
+                       checkpoint_every=1000)
     return c

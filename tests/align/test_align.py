@@ -134,7 +134,8 @@ def test_killed_align_run_resumes_to_the_same_params(fake_ae, tmp_path):
     run_stage(config, full)
     killed = _copy(fake_ae, tmp_path, "killed")
     config_lib.save(config, killed, "align")
-    assert align_stage.train(config, killed, stop_at=config.checkpoint_every + 3) is None  # killed mid-run
+    killed_at = config.train.checkpoint_every + 3
+    assert align_stage.train(config, killed, stop_at=killed_at) is None  # killed mid-run
     run_stage(config, killed)
     p_full = checkpoints.restore(os.path.join(full, "align", "params"))
     p_killed = checkpoints.restore(os.path.join(killed, "align", "params"))
@@ -163,8 +164,9 @@ def test_imagenet_preset_is_the_thesis_setup():
     assert c.stage == "align" and c.encoder.kind == "clip" and c.encoder.clip_path
     assert c.results.dim == 512  # the thesis's result embedding
     assert len(c.encoder.clip_mean) == len(c.encoder.clip_std) == 3
-    assert c.batch_size <= c.retrieval_batch and c.warmup_steps < c.num_steps
-    assert c.checkpoint_every <= c.num_steps and c.eval_every <= c.num_steps
+    t = c.train
+    assert t.batch_size <= c.retrieval_batch and t.warmup_steps < t.steps
+    assert t.checkpoint_every <= t.steps and t.log_every <= t.steps
     align_stage.check_config(c)
     for preset in ("tiny", None):
         align_stage.check_config(align_configs.get_config(preset))
@@ -176,7 +178,7 @@ def test_soft_binned_aligner_moves_z_proj_continuously_with_the_target_loss(fake
     workdir = _copy(fake_ae, tmp_path, "soft")
     config = align_configs.get_config("tiny")
     config.results.soft = True
-    config.num_steps = config.eval_every = config.checkpoint_every = 20
+    config.train.steps = config.train.log_every = config.train.checkpoint_every = 20
     metrics = run_stage(config, workdir)
     assert np.isfinite(metrics["val_loss_readout_r2"])
     assert np.isfinite(metrics["train_loss_readout_r2_true_z"])

@@ -36,9 +36,10 @@ def check_config(config):
     require(config.results.dim >= 1, f"config.results.dim must be >= 1, got {config.results.dim}")
     require(config.regression_weight >= 0,
             f"config.regression_weight must be >= 0, got {config.regression_weight}")
-    require(config.batch_size >= 2, f"config.batch_size must be >= 2, got {config.batch_size}")
-    require(config.num_steps >= 1, f"config.num_steps must be >= 1, got {config.num_steps}")
-    require(config.learning_rate > 0, f"config.learning_rate must be > 0, got {config.learning_rate}")
+    t = config.train
+    require(t.batch_size >= 2, f"config.train.batch_size must be >= 2, got {t.batch_size}")
+    require(t.steps >= 1, f"config.train.steps must be >= 1, got {t.steps}")
+    require(t.learning_rate > 0, f"config.train.learning_rate must be > 0, got {t.learning_rate}")
     require(config.retrieval_batch >= 2, f"config.retrieval_batch must be >= 2, got {config.retrieval_batch}")
 
 
@@ -143,24 +144,24 @@ def evaluate(module, params, data, config):
 
 def _batch(data, step, config):
     n = len(data["z"])
-    if n <= config.batch_size:
+    if n <= config.train.batch_size:
         return data
-    idx = np.random.default_rng([config.seed, step]).choice(n, config.batch_size, replace=False)
+    idx = np.random.default_rng([config.seed, step]).choice(n, config.train.batch_size, replace=False)
     return {k: v[idx] for k, v in data.items()}
 
 
 def train(config, workdir, stop_at=None):
-    """Trains to config.num_steps (or stops after `stop_at` steps, as a kill would); returns metrics."""
+    """Trains to config.train.steps (or stops after `stop_at` steps, as a kill would); returns metrics."""
     check_config(config)
-    p = align.paths(workdir)
+    t, p = config.train, align.paths(workdir)
     config_lib.stage_dir(workdir, "align")
     data, stats = prepare(config, workdir)
     module = model_lib.build(config, stats, data["train"]["z"].shape[1])
     key = jax.random.key(config.seed)
     params = module.init(key, data["train"]["feats"][:1], data["train"]["bins"][:1])["params"]
-    schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps,
-                                                  max(config.num_steps, config.warmup_steps + 1))
-    tx = optax.adamw(schedule, weight_decay=config.weight_decay)
+    schedule = optax.warmup_cosine_decay_schedule(0.0, t.learning_rate, t.warmup_steps,
+                                                  max(t.steps, t.warmup_steps + 1))
+    tx = optax.adamw(schedule, weight_decay=t.weight_decay)
     state = dict(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32))
     manager, start, state = checkpoints.resume(p["ckpt"], state, stage="align", max_to_keep=2)
     log = io.MetricWriter(p["log"])
@@ -168,23 +169,23 @@ def train(config, workdir, stop_at=None):
     step_fn = make_step(module, tx, config)
     state = jax.device_put(state)
     train_data = {k: jnp.asarray(v) for k, v in data["train"].items()} \
-        if len(data["train"]["z"]) <= config.batch_size else data["train"]
-    end = config.num_steps if stop_at is None else min(config.num_steps, stop_at)
+        if len(data["train"]["z"]) <= t.batch_size else data["train"]
+    end = t.steps if stop_at is None else min(t.steps, stop_at)
     t0 = time.time()
-    with tqdm(total=config.num_steps, initial=start, desc="align") as bar:
+    with tqdm(total=t.steps, initial=start, desc="align") as bar:
         for step in range(start, end):
             state, m = step_fn(state, _batch(train_data, step, config))
             done = step + 1
-            if done % config.eval_every == 0 or done == config.num_steps:
+            if done % t.log_every == 0 or done == t.steps:
                 rec = {k: float(v) for k, v in m.items()} | evaluate(module, state["params"], data, config)
                 log.write(done, **rec)
                 bar.set_postfix(loss=f"{rec['loss']:.3f}",
                                 val_top1=f"{rec.get('val_top1', float('nan')):.2f}")
-            if done % config.checkpoint_every == 0 or done == config.num_steps:
+            if done % t.checkpoint_every == 0 or done == t.steps:
                 manager.save(done, jax.tree_util.tree_map(np.asarray, state))
             bar.update(1)
     manager.close()
-    if end < config.num_steps:
+    if end < t.steps:
         return None
     metrics = evaluate(module, state["params"], data, config)
     metrics.update(num_train=int(len(data["train"]["z"])), num_val=int(len(data["val"]["z"])),
