@@ -1,6 +1,8 @@
 """Shared fixtures. `fake_zoo` writes a zoo directory in seconds, without training: every model
 is one shared init plus a random combination of a few directions, so its weights lie in a
 low-rank span (what PCA and the AE must find) and it still runs as a ResNet-18."""
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,6 +50,15 @@ def write_fake_zoo(workdir, num_models=12, rank=3, seed=0):
         snapshots.save_snapshots(workdir, m, trees)
     snapshots.write_manifest(workdir, rows)
     return config
+
+
+def fake_zoo_copy(fake_zoo, tmp_path_factory, name, *configs):
+    """A fresh copy of the fake zoo (which stays untouched) with the stages of `configs` run on it."""
+    workdir = str(tmp_path_factory.mktemp(name) / "work")
+    shutil.copytree(fake_zoo, workdir)
+    for config in configs:
+        run_stage(config, workdir)
+    return workdir
 
 
 @pytest.fixture(scope="session")

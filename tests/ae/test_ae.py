@@ -10,6 +10,7 @@ import pytest
 
 from configs import ae as ae_configs
 from configs import pca as pca_configs
+from conftest import fake_zoo_copy
 from wsjax import ae, models, pca, stages
 from wsjax.ae import losses
 from wsjax.ae import stage as ae_stage
@@ -21,10 +22,7 @@ from wsjax.zoo import snapshots
 @pytest.fixture(scope="module")
 def pca_workdir(fake_zoo, tmp_path_factory):
     """A copy of the fake zoo with its PCA fitted (the shared fixture stays untouched)."""
-    workdir = str(tmp_path_factory.mktemp("ae") / "work")
-    shutil.copytree(fake_zoo, workdir)
-    stages.run_stage(pca_configs.get_config("tiny"), workdir)
-    return workdir
+    return fake_zoo_copy(fake_zoo, tmp_path_factory, "ae", pca_configs.get_config("tiny"))
 
 
 def _tiny(behaviour=1.0, **train):

@@ -8,7 +8,7 @@ import sys
 
 import ml_collections
 import pytest
-from conftest import write_fake_zoo
+from conftest import fake_zoo_copy, write_fake_zoo
 
 from configs import ae as ae_configs
 from configs import pca as pca_configs
@@ -21,10 +21,7 @@ from wsjax.stages import run_stage
 @pytest.fixture(scope="module")
 def built(fake_zoo, tmp_path_factory):
     """A fake 12-model zoo (seed 0) with its tiny PCA fitted."""
-    workdir = str(tmp_path_factory.mktemp("contract") / "work")
-    shutil.copytree(fake_zoo, workdir)
-    run_stage(pca_configs.get_config("tiny"), workdir)
-    return workdir
+    return fake_zoo_copy(fake_zoo, tmp_path_factory, "contract", pca_configs.get_config("tiny"))
 
 
 def _copy(src, tmp_path):

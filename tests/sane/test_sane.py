@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from configs import sane as sane_configs
+from conftest import fake_zoo_copy
 from wsjax import models, sane, stages
 from wsjax.common import config as config_lib
 from wsjax.sane import tokens
@@ -16,10 +17,7 @@ from wsjax.zoo import snapshots
 @pytest.fixture(scope="module")
 def sane_workdir(fake_zoo, tmp_path_factory):
     """A copy of the fake zoo with the tiny SANE stage trained on it (the fixture stays untouched)."""
-    workdir = str(tmp_path_factory.mktemp("sane") / "work")
-    shutil.copytree(fake_zoo, workdir)
-    stages.run_stage(sane_configs.get_config("tiny"), workdir)
-    return workdir
+    return fake_zoo_copy(fake_zoo, tmp_path_factory, "sane", sane_configs.get_config("tiny"))
 
 
 def _model(workdir, model_id=3):
