@@ -97,7 +97,9 @@ def unstack(state, m):
 
 
 def _all_finite(tree):
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+    # One reduction over the concatenated leaves: a reduction per leaf (each fusing that leaf's
+    # optimizer update) made XLA:CPU compile the ResNet-18 step ~7x slower (46 s vs 7 s).
+    return jnp.all(jnp.isfinite(jnp.concatenate([jnp.ravel(x) for x in jax.tree_util.tree_leaves(tree)])))
 
 
 def model_step(module, tx, state, x, y, active, diverge_loss_factor=DIVERGE_LOSS_FACTOR):
