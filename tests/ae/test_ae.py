@@ -41,11 +41,14 @@ def _copy(src, dst):
     return str(dst)
 
 
+def _pca_and_net(workdir):
+    """(PCA, its coefficients, the zoo's ResNet module) of `workdir`."""
+    zc = config_lib.load(workdir, "zoo")
+    return pca.load(workdir), pca.load_coeffs(workdir), models.build(zc.model, zc.tasks.k)
+
+
 def test_behaviour_loss_gradient_is_finite_and_steps_lower_it(pca_workdir):
-    p = pca.load(pca_workdir)
-    co = pca.load_coeffs(pca_workdir)
-    zc = config_lib.load(pca_workdir, "zoo")
-    net = models.build(zc.model, zc.tasks.k)
+    p, co, net = _pca_and_net(pca_workdir)
     probes = jax.random.normal(jax.random.key(0), (2, 8, 12, 12, 1))
     targets = jnp.stack([net.apply(snapshots.load_variables(pca_workdir, int(m), "final"), x)
                          for m, x in zip(co["model_id"][[1, 3]], probes)])
@@ -65,10 +68,7 @@ def test_behaviour_loss_gradient_is_finite_and_steps_lower_it(pca_workdir):
 
 
 def test_unrolled_and_vmapped_behaviour_loss_agree(pca_workdir):
-    p = pca.load(pca_workdir)
-    co = pca.load_coeffs(pca_workdir)
-    zc = config_lib.load(pca_workdir, "zoo")
-    net = models.build(zc.model, zc.tasks.k)
+    p, co, net = _pca_and_net(pca_workdir)
     probes = jax.random.normal(jax.random.key(1), (2, 4, 12, 12, 1))
     targets = jax.random.normal(jax.random.key(2), (2, 4, 3))
     c = jnp.asarray(co["coeffs"][:2])
