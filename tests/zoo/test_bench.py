@@ -18,8 +18,7 @@ def test_estimate_is_the_xla_flop_count_times_the_zoo_images():
     e = bench.estimate_zoo(config)
     z = config.zoo
     images = z.num_models * z.train.max_epoch_mean * z.tasks.k * 1300 * (1 - z.data.val_fraction)
-    flops = bench.train_flops_per_image(dict(model=z.model, tasks=z.tasks, batch_size=z.train.batch_size),
-                                        (64, 64, 3))
+    flops = bench.train_flops_per_image(z.model, z.tasks.k, z.train.batch_size, (64, 64, 3))
     assert e["zoo_preset"] == "imagenet" and e["train_flops_per_image"] == flops
     assert np.isclose(e["train_images"], images) and np.isclose(e["total_flop"], flops * images)
     assert np.isclose(e["seconds"], e["total_flop"] / (989e12 * 0.4))
@@ -28,9 +27,12 @@ def test_estimate_is_the_xla_flop_count_times_the_zoo_images():
 
 def test_flop_count_grows_with_the_square_of_the_width():
     config = bench_configs.get_config("tiny")
-    narrow = bench.train_flops_per_image(config, (12, 12, 1))
+    def flops():
+        return bench.train_flops_per_image(config.model, config.tasks.k, config.batch_size, (12, 12, 1))
+
+    narrow = flops()
     config.model.width *= 2
-    assert 3.0 < bench.train_flops_per_image(config, (12, 12, 1)) / narrow < 4.0  # convs: x4, rest less
+    assert 3.0 < flops() / narrow < 4.0  # convs: x4, rest less
 
 
 # The accelerator preset at a narrower width (the path, not the size, is under test: width 64

@@ -71,18 +71,17 @@ def lower_cohort_step(config, image_shape, num_images=4096):
     return step.lower(state, x, batch).compile(), state, batch
 
 
-def train_flops_per_image(config, image_shape):
+def train_flops_per_image(model_config, num_classes, batch_size, image_shape):
     """XLA's count (HLO cost analysis of the lowered, uncompiled step) of one model's train step
-    per image at `config`'s (model, tasks, batch_size) exact shapes and dtype: nothing runs."""
-    module = models.build(config["model"], config["tasks"].k)
+    per image, for the model of `model_config` at these exact shapes and its dtype: nothing runs."""
+    module = models.build(model_config, num_classes)
     tx = step_lib.make_optimizer()
-    b = int(config["batch_size"])
-    state, _ = abstract_cohort(module, tx, image_shape, 1, b)
+    state, _ = abstract_cohort(module, tx, image_shape, 1, batch_size)
     one = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), state)
     cost = step_lib.single_step(module, tx).lower(
-        one, jax.ShapeDtypeStruct((b,) + tuple(image_shape), jnp.float32),
-        jax.ShapeDtypeStruct((b,), jnp.int32)).cost_analysis()
-    return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]) / b
+        one, jax.ShapeDtypeStruct((batch_size,) + tuple(image_shape), jnp.float32),
+        jax.ShapeDtypeStruct((batch_size,), jnp.int32)).cost_analysis()
+    return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]) / batch_size
 
 
 def estimate_zoo(estimate):
@@ -93,7 +92,7 @@ def estimate_zoo(estimate):
     images per task (k x images_per_class x (1 - val_fraction)); snapshot evaluation is left out."""
     z = estimate.zoo
     shape = (int(z.data.resolution), int(z.data.resolution), int(estimate.channels))
-    flops = train_flops_per_image(dict(model=z.model, tasks=z.tasks, batch_size=z.train.batch_size), shape)
+    flops = train_flops_per_image(z.model, z.tasks.k, int(z.train.batch_size), shape)
     images = (int(z.num_models) * float(z.train.max_epoch_mean) * int(z.tasks.k)
               * float(estimate.images_per_class) * (1 - float(z.data.val_fraction)))
     total = flops * images
