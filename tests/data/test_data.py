@@ -47,7 +47,8 @@ def test_unprepared_tfds_dataset_is_a_clear_error(tmp_path):
 
 
 def _tasks(**kw):
-    c = ml_collections.ConfigDict(dict(k=3, num_held_out=8, held_out="", held_out_seed=0))
+    c = ml_collections.ConfigDict(dict(k=3, num_held_out=8, held_out="", held_out_seed=0,
+                                       cover_slots=False))
     c.update(kw)
     return c
 
@@ -59,6 +60,23 @@ def test_held_out_class_sets_are_never_sampled():
     assert not set(sampled) & set(ts.held_out)
     # balanced: every allowed set used before any repeats
     assert len(set(sampled[:112])) == 112
+
+
+def test_covering_draws_leave_every_slot_of_a_held_out_set_to_train():
+    ts = data.task_set(_tasks(cover_slots=True), 10)
+    need = set().union(*map(data.slot_pairs, ts.allowed))
+    assert len(need) == 24  # k=3 of 10 classes: slot j holds classes j..j+7
+    assert set().union(*map(data.slot_pairs, ts.held_out)) <= need
+    # the plain draw of this seed holds out every set with class 3 in slot 2
+    assert set().union(*map(data.slot_pairs, data.task_set(_tasks(), 10).allowed)) != need
+    plain, covered = ts.sample(32, seed=1), ts.sample(32, seed=1, cover_slots=True)
+    assert set().union(*map(data.slot_pairs, covered)) == need
+    assert set().union(*map(data.slot_pairs, plain)) != need  # what a plain draw misses
+    # still a balanced cycle, and the first cycle only reordered
+    assert len(set(ts.sample(112, seed=1, cover_slots=True))) == 112
+    assert ts.sample(300, seed=1, cover_slots=True)[112:] == ts.sample(300, seed=1)[112:]
+    with pytest.raises(ConfigError, match="can be held out"):
+        data.task_set(_tasks(k=2, num_held_out=40, cover_slots=True), 10)
 
 
 def test_explicit_held_out_sets_and_bad_k():

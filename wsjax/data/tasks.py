@@ -17,15 +17,38 @@ class TaskSet:
     allowed: tuple    # class sets zoo models may train on
     held_out: tuple   # class sets reserved for zero-shot evaluation
 
-    def sample(self, num_models, seed, models_per_set=1):
+    def sample(self, num_models, seed, models_per_set=1, cover_slots=False):
         """Class sets for `num_models` models, `models_per_set` consecutive models per set: a
         shuffled cycle over the allowed sets, so every set is used before any repeats (balanced
-        where the thesis drew with replacement)."""
+        where the thesis drew with replacement). With `cover_slots`, the first cycle starts with
+        sets that put every class in every slot an allowed set gives it (`cover_slots_first`)."""
         rng = np.random.default_rng(seed)
         sets = []
         while len(sets) * models_per_set < num_models:
-            sets.extend(self.allowed[i] for i in rng.permutation(len(self.allowed)))
+            cycle = [self.allowed[i] for i in rng.permutation(len(self.allowed))]
+            sets.extend(cover_slots_first(cycle) if cover_slots and not sets else cycle)
         return [s for s in sets for _ in range(models_per_set)][:num_models]
+
+
+def slot_pairs(classes):
+    """{(slot, class)}: a network's output unit `slot` is the class at that sorted position."""
+    return set(enumerate(sorted(classes)))
+
+
+def cover_slots_first(sets):
+    """`sets` reordered so the first ones cover every (slot, class) pair of all of them, greedily
+    (most new pairs first, ties in the given order), the rest after in the given order. A
+    conditional generator composes class slots: a held-out set with a class in a slot no train
+    set gave it is outside what it learnt (demo seed 0 before this: held-out R² 0.80 over its 8
+    held-out sets, 0.94 over the 5 without such a slot)."""
+    rest, head, covered = list(sets), [], set()
+    need = set().union(*map(slot_pairs, sets)) if sets else set()
+    while covered != need:
+        best = max(rest, key=lambda s: len(slot_pairs(s) - covered))
+        head.append(best)
+        rest.remove(best)
+        covered |= slot_pairs(best)
+    return head + rest
 
 
 def parse_class_sets(text):
@@ -38,7 +61,7 @@ def format_classes(classes):
 
 
 def task_set(config, num_classes):
-    """Builds the TaskSet from `config` (k, num_held_out, held_out, held_out_seed)."""
+    """Builds the TaskSet from `config` (k, num_held_out, held_out, held_out_seed, cover_slots)."""
     k = int(config.k)
     require(2 <= k <= num_classes, f"config.tasks.k must be in [2, {num_classes}], got {k}")
     every = list(itertools.combinations(range(num_classes), k))
@@ -55,9 +78,33 @@ def task_set(config, num_classes):
         n = int(config.num_held_out)
         require(0 <= n < len(every), f"config.tasks.num_held_out must be in [0, {len(every)}), got {n}")
         rng = np.random.default_rng(config.held_out_seed)
-        held = tuple(every[i] for i in sorted(rng.choice(len(every), n, replace=False)))
+        if config.get("cover_slots", False):
+            held = tuple(sorted(draw_composable(every, n, rng)))
+        else:
+            held = tuple(every[i] for i in sorted(rng.choice(len(every), n, replace=False)))
     allowed = tuple(s for s in every if s not in set(held))
     return TaskSet(k, allowed, tuple(held))
+
+
+def draw_composable(every, n, rng):
+    """`n` class sets drawn from `every` such that each (slot, class) pair of a drawn set is still
+    held by some set not drawn: held-out sets are new combinations of slots the zoo can train."""
+    count = {}
+    for s in every:
+        for p in slot_pairs(s):
+            count[p] = count.get(p, 0) + 1
+    held = []
+    for i in rng.permutation(len(every)):
+        if len(held) == n:
+            break
+        pairs = slot_pairs(every[i])
+        if all(count[p] >= 2 for p in pairs):
+            held.append(every[i])
+            for p in pairs:
+                count[p] -= 1
+    require(len(held) == n, f"config.tasks.num_held_out={n}: only {len(held)} class sets can be "
+            "held out with every (slot, class) pair left to train; lower it or set cover_slots=False")
+    return held
 
 
 def task_indices(labels, classes):

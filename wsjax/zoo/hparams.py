@@ -145,7 +145,7 @@ def sample_specs(config, num_classes):
     validate(config)
     t, n = config.train, int(config.num_models)
     tasks = data.task_set(config.tasks, num_classes).sample(
-        n, config.seed, config.tasks.get("models_per_set", 1))
+        n, config.seed, config.tasks.get("models_per_set", 1), config.tasks.get("cover_slots", False))
     rng = np.random.default_rng([config.seed, 1])
     opt = rng.choice(list(t.optimizers), n)
     lr = np.where(opt == "adam", _log_uniform(rng, *t.adam_lr, n), _log_uniform(rng, *t.sgd_lr, n))
