@@ -22,7 +22,9 @@ def get_config(arg=None):
     c.batch_size = z.train.batch_size
     c.strategy = z.strategy
     c.cohort_size = z.cohort_size
+    c.workers = z.workers
     c.steps_per_call = z.steps_per_call
+    c.baseline_conv = "xla"  # the sequential baseline's convolution (model.conv: the batched one's)
     c.compile_cache = ""   # timings include compilation honestly: no persistent cache
     c.num_models = 8
     c.steps = 40           # timed steps per model
@@ -44,6 +46,7 @@ def get_config(arg=None):
         # 64 per device (embedded MNIST resized: one input channel, which only the stem sees).
         z = zoo.get_config("imagenet")
         c.model = z.model
+        c.model.conv = "xla"  # what 'auto' picks on GPU/TPU, also when tests lower it on CPU
         c.data.resolution = z.data.resolution
         c.strategy = "vmap"
         c.cohort_size = 64

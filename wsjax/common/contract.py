@@ -23,7 +23,7 @@ from wsjax.common.config import ConfigError, require
 
 # Fields that schedule, cache or report the same computation: they never change outputs.
 RUNTIME_FIELDS = frozenset(("compile_cache", "overwrite", "preset", "verbosity", "progress",
-                            "num_devices", "strategy", "cohort_size", "steps_per_call",
+                            "num_devices", "strategy", "cohort_size", "steps_per_call", "workers",
                             "checkpoint_every_secs"))
 # The stages each stage reads; their fingerprints are part of its own.
 INPUTS = {"pca": ("zoo",), "ae": ("pca",), "align": ("ae",), "generator": ("pca",),

@@ -15,16 +15,45 @@ from wsjax.common.config import require
 ACTIVATIONS = ("relu", "gelu", "tanh")  # flax.linen functions of these names
 
 
+CONVS = ("xla", "im2col")
+IM2COL_MAX_WIDTH = 8  # 'auto' on CPU: im2col up to this width (faster measured at 4-8, slower at 16+)
+
+
+class Im2colConv(nn.Module):
+    """nn.Conv without bias (same 'kernel' [kh, kw, in, out], init and padding) as one matmul
+    over the kh * kw shifted slices of the padded input. XLA:CPU runs the tiny convolutions of a
+    width-4 ResNet far below its matmul rate; as a matmul they run faster, vmapped over models too."""
+    features: int
+    kernel_size: tuple
+    strides: int = 1
+    padding: int = 0
+    use_bias: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kh, kw = self.kernel_size
+        kernel = self.param("kernel", nn.linear.default_kernel_init,
+                            (kh, kw, x.shape[-1], self.features), jnp.float32)
+        p, s = self.padding, self.strides
+        x = jnp.pad(x.astype(self.dtype), ((0, 0), (p, p), (p, p), (0, 0)))
+        h, w = (x.shape[1] - kh) // s + 1, (x.shape[2] - kw) // s + 1
+        cols = [x[:, i:i + s * (h - 1) + 1:s, j:j + s * (w - 1) + 1:s] for i in range(kh) for j in range(kw)]
+        return jnp.concatenate(cols, -1) @ kernel.astype(self.dtype).reshape(-1, self.features)
+
+
 class BasicBlock(nn.Module):
     features: int
     strides: int
     dtype: Any
     activation: str
+    conv: str = "xla"
 
     @nn.compact
     def __call__(self, x, train):
         act = getattr(nn, self.activation)
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        conv = functools.partial(Im2colConv if self.conv == "im2col" else nn.Conv, use_bias=False,
+                                 dtype=self.dtype)
         norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                                  epsilon=1e-5, dtype=self.dtype)
         y = conv(self.features, (3, 3), self.strides, padding=1, name="conv1")(x)
@@ -43,17 +72,18 @@ class ResNet18(nn.Module):
     stem: str = "imagenet"  # 'imagenet': 7x7/2 conv + max-pool; 'small': 3x3/1 conv (<= 32 px)
     dtype: Any = jnp.float32
     activation: str = "relu"  # one of ACTIVATIONS
+    conv: str = "xla"  # one of CONVS: the same parameters and function, computed two ways
 
     @nn.compact
     def __call__(self, x, train=False, features=False):
         """Logits [B, num_classes]; with `features=True`, pooled features [B, 8 * width]."""
         x = x.astype(self.dtype)
+        conv = functools.partial(Im2colConv if self.conv == "im2col" else nn.Conv, use_bias=False,
+                                 dtype=self.dtype, name="conv1")
         if self.stem == "imagenet":
-            x = nn.Conv(self.width, (7, 7), 2, padding=3, use_bias=False, dtype=self.dtype,
-                        name="conv1")(x)
+            x = conv(self.width, (7, 7), 2, padding=3)(x)
         else:
-            x = nn.Conv(self.width, (3, 3), 1, padding=1, use_bias=False, dtype=self.dtype,
-                        name="conv1")(x)
+            x = conv(self.width, (3, 3), 1, padding=1)(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                          dtype=self.dtype, name="bn1")(x)
         x = getattr(nn, self.activation)(x)
@@ -62,7 +92,7 @@ class ResNet18(nn.Module):
         for stage, mult in enumerate((1, 2, 4, 8)):
             for block in range(2):
                 strides = 2 if stage > 0 and block == 0 else 1
-                x = BasicBlock(self.width * mult, strides, self.dtype, self.activation,
+                x = BasicBlock(self.width * mult, strides, self.dtype, self.activation, self.conv,
                                name=f"layer{stage + 1}_{block}")(x, train)
         x = jnp.mean(x, axis=(1, 2))
         if features:
@@ -86,8 +116,16 @@ def build(config, num_classes, activation=None):
             "the zoo stage and wsjax.zoo.load_model (one model at a time) build such a zoo's models")
     require(activation is None or activation in choices,
             f"activation {activation!r} is not one of config.model.activations={choices}")
+    conv = config.get("conv", "xla")  # configs older than the field: XLA's convolution
+    require(conv in ("auto",) + CONVS, f"config.model.conv must be 'auto' or one of {CONVS}, got {conv!r}")
+    if conv == "auto":
+        # One CPU device only: how XLA:CPU threads im2col's large weight-gradient matmuls depends on
+        # the program, so its rounding differs between device counts and grows over training;
+        # XLA's convolution gives bitwise the same zoo on 1 or 8 devices and 2 processes (tested).
+        small = jax.default_backend() == "cpu" and config.width <= IM2COL_MAX_WIDTH
+        conv = "im2col" if small and jax.device_count() == 1 else "xla"
     return ResNet18(num_classes=num_classes, width=int(config.width), stem=config.stem,
-                    dtype=jnp.dtype(config.dtype), activation=activation or choices[0])
+                    dtype=jnp.dtype(config.dtype), activation=activation or choices[0], conv=conv)
 
 
 def count_params(tree):

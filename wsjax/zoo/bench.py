@@ -6,6 +6,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -122,8 +123,9 @@ def bench_sequential(module, tx, variables, x, batches):
     return steps * n * b / (time.perf_counter() - t0), t_compile, flops
 
 
-def bench_batched(module, tx, variables, x, batches, strategy, cohort, steps_per_call):
-    """(img/s, compile s): cohorts of `cohort` models, `steps_per_call` steps per jitted call."""
+def bench_batched(module, tx, variables, x, batches, strategy, cohort, steps_per_call, workers):
+    """(img/s, compile s): cohorts of `cohort` models, `steps_per_call` steps per jitted call,
+    `workers` cohorts at once (threads), as the zoo stage trains them."""
     steps, n, b = batches["idx"].shape
     require(n % cohort == 0, f"config.num_models={n} must be a multiple of config.cohort_size={cohort}")
     require(steps % steps_per_call == 0,
@@ -135,12 +137,14 @@ def bench_batched(module, tx, variables, x, batches, strategy, cohort, steps_per
     warm = jax.device_put(step_lib.stack(_states(tx, variables, cohort)))
     t_compile = _timed(lambda: jax.block_until_ready(step(warm, x_dev, chunks[0][0])))
     states = [jax.device_put(step_lib.stack(_states(tx, variables, cohort))) for _ in chunks]
-    t0 = time.perf_counter()
-    for c, cs in enumerate(chunks):
+    def train(c):
         s = states[c]
-        for chunk in cs:
+        for chunk in chunks[c]:
             s, loss = step(s, x_dev, chunk)
         jax.block_until_ready(s)
+
+    t0 = time.perf_counter()
+    zoo_stage.in_threads(train, range(len(chunks)), workers)
     return steps * n * b / (time.perf_counter() - t0), t_compile
 
 
@@ -150,6 +154,10 @@ def run(config, workdir):
     require(config.steps >= 1, f"config.steps must be >= 1, got {config.steps}")
     dataset = data.load(config.data)
     module = models.build(config.model, config.tasks.k)
+    # the baseline: one model after another, with XLA's own convolution (same parameters)
+    baseline_model = ml_collections.ConfigDict(config.model.to_dict())
+    baseline_model.conv = config.baseline_conv
+    baseline = models.build(baseline_model, config.tasks.k)
     variables = init_lib.random_init(module, dataset.image_shape, jax.random.key(config.seed))
     tx = step_lib.make_optimizer()
     rng = np.random.default_rng(config.seed)
@@ -159,16 +167,22 @@ def run(config, workdir):
                    active=np.ones((steps, n), bool))
     x = dataset.x_train
     strategy = zoo_stage.resolve_strategy(config)
+    cohort = 1 if strategy == "sequential" else int(config.cohort_size)
+    workers = zoo_stage.resolve_workers(config, 1)
     step_lib.enable_compile_cache(config.get("compile_cache", ""))
     peak = matmul_peak(int(config.matmul_size))
-    seq, seq_compile, flops = bench_sequential(module, tx, variables, jnp.asarray(x), batches)
-    bat, bat_compile = bench_batched(module, tx, variables, x, batches, strategy,
-                                     int(config.cohort_size), int(config.steps_per_call))
+    seq, seq_compile, flops = bench_sequential(baseline, tx, variables, jnp.asarray(x), batches)
+    # where the batched path computes convolutions otherwise, the sequential time of that too
+    same = (dict(sequential_same_conv_img_s=bench_sequential(module, tx, variables, jnp.asarray(x), batches)[0])
+            if module.conv != baseline.conv else {})
+    bat, bat_compile = bench_batched(module, tx, variables, x, batches, strategy, cohort,
+                                     int(config.steps_per_call), workers)
     res = dict(
         backend=jax.default_backend(), device=str(jax.devices()[0].device_kind),
         num_devices=jax.device_count(), width=int(config.model.width),
         resolution=int(config.data.resolution), batch_size=b, num_models=n, steps=steps,
-        strategy=strategy, cohort_size=int(config.cohort_size),
+        conv=module.conv, baseline_conv=baseline.conv, **same,
+        strategy=strategy, cohort_size=cohort, workers=workers,
         steps_per_call=int(config.steps_per_call), optimizer="adam",
         sequential_img_s=seq, batched_img_s=bat, ratio=bat / seq,
         sequential_compile_s=seq_compile, batched_compile_s=bat_compile,
@@ -178,7 +192,9 @@ def run(config, workdir):
         estimate=estimate_zoo(config.estimate))
     io.write_json(os.path.join(config_lib.stage_dir(workdir, "bench_zoo"), "results.json"), res, indent=2)
     print(f"bench_zoo {res['backend']} w{res['width']} {res['resolution']}px b{b} N={n}: "
-          f"sequential {seq:.0f} img/s, batched[{strategy} x{config.cohort_size}, "
+          f"sequential[{baseline.conv}] {seq:.0f} img/s, "
+          + (f"sequential[{module.conv}] {same['sequential_same_conv_img_s']:.0f} img/s, " if same else "")
+          + f"batched[{module.conv}, {strategy} x{cohort}, {workers} threads, "
           f"{config.steps_per_call} steps/call] {bat:.0f} img/s, ratio {bat / seq:.2f}x, "
           f"{flops / 1e6:.2f} MFLOP/img, {res['batched_gflop_s']:.1f} GFLOP/s = "
           f"{100 * res['batched_peak_share']:.1f}% of matmul peak {peak:.0f} GFLOP/s")

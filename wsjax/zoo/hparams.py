@@ -55,6 +55,7 @@ def validate(config):
             f"config.strategy must be 'auto', 'unroll', 'vmap' or 'sequential', got {config.strategy!r}")
     require(config.cohort_size >= 1, f"config.cohort_size must be >= 1, got {config.cohort_size}")
     require(config.num_devices >= 0, f"config.num_devices must be >= 0, got {config.num_devices}")
+    require(config.get("workers", 0) >= 0, f"config.workers must be >= 0, got {config.get('workers')}")
     require(config.get("steps_per_call", 1) >= 1,
             f"config.steps_per_call must be >= 1, got {config.get('steps_per_call')}")
     require(t.batch_size >= 1, f"config.train.batch_size must be >= 1, got {t.batch_size}")

@@ -10,6 +10,8 @@ host; a model's snapshots are saved together, stacked, when it finishes. At the 
 `checkpoint_every_secs` after the cohort's start or last checkpoint, its train state and the
 snapshots taken so far are checkpointed under zoo/cohorts/<id>/ (deleted when the cohort is
 done): a killed run restarts there (or at the cohort's start) and ends with the same zoo.
+On CPU, `workers` cohorts train at once in threads (one small model's step leaves cores idle);
+they share the compiled step, take turns at disk I/O and reporting, and give the same zoo.
 
 Several processes (wsjax.common.distributed): the `models` mesh spans every process's devices and
 each process steps the model slots of its own devices; the host-side bookkeeping (batches,
@@ -20,11 +22,13 @@ process 0's. A cohort's checkpoint is named by its members and slot count, so a 
 number of devices keeps every finished model and retrains the unfinished cohorts from their init.
 """
 import collections
+import concurrent.futures
 import contextlib
 import dataclasses
 import json
 import os
 import shutil
+import threading
 import time
 import zlib
 from typing import Any, Callable
@@ -46,10 +50,35 @@ from wsjax.zoo import snapshots
 
 
 def resolve_strategy(config):
-    """'auto' -> vmap on GPU/TPU; on CPU the models-unrolled step (measured fastest, bench_zoo)."""
+    """'auto' -> vmap on GPU/TPU; on CPU one model per step, cohorts in threads (`resolve_workers`):
+    faster there than unrolling or vmapping models into one step (bench_zoo)."""
     if config.strategy != "auto":
         return config.strategy
-    return "vmap" if jax.default_backend() in ("gpu", "tpu") else "unroll"
+    return "vmap" if jax.default_backend() in ("gpu", "tpu") else "sequential"
+
+
+def resolve_workers(config, num_devices):
+    """Cohorts trained at once: config.workers, or (0) 2 on CPU with one device and process, else 1."""
+    workers = int(config.get("workers", 0))
+    require(workers <= 1 or not distributed.is_multiprocess(),
+            f"config.workers={workers}: under several processes cohorts run one at a time (every "
+            "process must take part in each save, in the same order); use 0 or 1")
+    if workers:
+        return workers
+    single = num_devices == 1 and not distributed.is_multiprocess()
+    return 2 if jax.default_backend() == "cpu" and single else 1
+
+
+def in_threads(fn, items, workers):
+    """[fn(item) for item in items], `workers` at a time in threads (XLA runs without the GIL). On
+    an error or Ctrl-C nothing new starts; the running items finish (cohorts are resumable)."""
+    if workers <= 1:
+        return [fn(item) for item in items]
+    pool = concurrent.futures.ThreadPoolExecutor(workers)
+    try:
+        return list(pool.map(fn, items))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def plan_cohorts(specs, size):
@@ -238,8 +267,9 @@ def train_cohort(ctx, members, cid, pbar=None):
     num_snapshots = max(len(ctx.schedules[s.model_id]) for s in members)
     # the fresh state is the restore target: it gives the restored tree its structure
     ckpt_dir = os.path.join(snapshots.zoo_dir(workdir), "cohorts", cid)
-    manager, start, restored = checkpoints.resume(
-        ckpt_dir, dict(state=state, trajectory=_empty_trajectory(state, num_snapshots)), stage="zoo")
+    with ctx.lock:  # disk I/O, the manifest, the log and the progress bar: one cohort at a time
+        manager, start, restored = checkpoints.resume(
+            ckpt_dir, dict(state=state, trajectory=_empty_trajectory(state, num_snapshots)), stage="zoo")
     traj = jax.tree_util.tree_map(np.array, restored["trajectory"])  # writable host copies
     state = step_lib.place(jax.tree_util.tree_map(np.asarray, restored["state"]), mesh,
                            step_lib.P("models"))
@@ -272,7 +302,7 @@ def train_cohort(ctx, members, cid, pbar=None):
         diverged = step_lib.to_host(state["diverged"])
         finished = [m for m, s in enumerate(members) if m not in saved
                     and traj["taken"][:len(ctx.schedules[s.model_id]), m].all()]
-        with _clock(spent, "saving"):
+        with _clock(spent, "saving"), ctx.lock:
             for m in finished:
                 _save_model(ctx, members[m], m, traj, bool(diverged[m]))
                 saved.add(m)
@@ -280,16 +310,18 @@ def train_cohort(ctx, members, cid, pbar=None):
         checkpoint = time.time() - saved_at >= ctx.checkpoint_every_secs or distributed.is_multiprocess()
         if epoch + 1 < last and checkpoint:
             saved_at = time.time()
-            with _clock(spent, "saving"):
+            with _clock(spent, "saving"), ctx.lock:
                 manager.save(epoch + 1, dict(state=step_lib.to_host(state), trajectory=traj))
         images = int(batches["active"].sum()) * b
-        _log(workdir, dict(cohort=cid, epoch=epoch + 1, models=[s.model_id for s in members],
-                           images_per_sec=images / dt, seconds=dt,
-                           **{f"{k}_seconds": spent[k] - before[k] for k in _SPENT}))
-        if pbar is not None:
-            pbar.set_postfix(cohort=cid[:9], epoch=f"{epoch + 1}/{last}", img_s=f"{images / dt:.0f}")
-            pbar.update(len(finished))
-    manager.close()
+        with ctx.lock:
+            _log(workdir, dict(cohort=cid, epoch=epoch + 1, models=[s.model_id for s in members],
+                               images_per_sec=images / dt, seconds=dt,
+                               **{f"{k}_seconds": spent[k] - before[k] for k in _SPENT}))
+            if pbar is not None:
+                pbar.set_postfix(cohort=cid[:9], epoch=f"{epoch + 1}/{last}", img_s=f"{images / dt:.0f}")
+                pbar.update(len(finished))
+    with ctx.lock:
+        manager.close()
     if distributed.is_primary():
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return spent
@@ -306,6 +338,8 @@ class Setup:
     mesh: Any
     num_devices: int
     cohort_models: int       # models per cohort: cohort_size x devices (1 when sequential)
+    workers: int             # cohorts trained at once, in threads
+    lock: Any                # serialises their disk I/O and reporting
     slots: int               # model slots per cohort step: cohort_models rounded up to the devices
     task_idx: dict           # model_id -> (dataset indices, local labels) of its train images
     steps_per_epoch: dict    # model_id -> steps
@@ -346,6 +380,7 @@ def prepare(config, workdir):
     return Setup(
         config=config, workdir=workdir, dataset=dataset, specs=specs, modules=modules, mesh=mesh,
         num_devices=num_devices, cohort_models=size, slots=-(-size // num_devices) * num_devices,
+        workers=resolve_workers(config, num_devices), lock=threading.Lock(),
         task_idx=task_idx,
         steps_per_epoch=steps_per_epoch,
         schedules={s.model_id: hparams.snapshot_schedule(config, s, steps_per_epoch[s.model_id])
@@ -372,6 +407,7 @@ def run(config, workdir):
     spent, t0 = collections.Counter(), time.time()
     with tqdm(total=len(specs), initial=done, desc="zoo models", unit="model",
               disable=not distributed.is_primary()) as pbar:
+        jobs = []
         for cohort in plan_cohorts(specs, ctx.cohort_models):
             pending = [s for s in cohort if not zoo.done(s, ctx.schedules[s.model_id])]
             if not pending:
@@ -380,14 +416,18 @@ def run(config, workdir):
             cid = cohort_id(cohort, ctx.slots)
             if not os.path.isdir(os.path.join(cohort_root, cid)):
                 cohort, cid = pending, cohort_id(pending, ctx.slots)
-            spent += train_cohort(ctx, cohort, cid, pbar)
+            jobs.append((cohort, cid))
+        for s in in_threads(lambda job: train_cohort(ctx, *job, pbar), jobs, ctx.workers):
+            spent += s
     if distributed.is_primary():
         shutil.rmtree(cohort_root, ignore_errors=True)
         snapshots.write_manifest(workdir, list(zoo.rows.values()))
     distributed.barrier("zoo manifest written")
     total = time.time() - t0
     if distributed.is_primary():
+        per = f"summed over {ctx.workers} threads, " if ctx.workers > 1 else ""
         print(f"zoo: {len(specs) - done} models in {total:.0f} s: "
               + ", ".join(f"{k} {spent[k]:.0f} s" for k in _SPENT)
-              + f" (compiles included), other {total - sum(spent.values()):.0f} s")
+              + (f" ({per}compiles included)" if per else " (compiles included), other "
+                 f"{total - sum(spent.values()):.0f} s"))
     return snapshots.read_manifest(workdir)
