@@ -76,12 +76,3 @@ def tiny_zoo(tmp_path_factory):
     rows = run_stage(zoo_configs.get_config("tiny"), workdir)
     return workdir, rows
 
-
-@pytest.fixture(scope="session")
-def tiny_zoo_xla(tmp_path_factory):
-    """The tiny zoo with XLA's convolution: what 'auto' picks on several devices or processes, so
-    the reference that a zoo built on those must equal bitwise."""
-    config = zoo_configs.get_config("tiny")
-    config.model.conv = "xla"
-    workdir = str(tmp_path_factory.mktemp("zoo_xla"))
-    return workdir, run_stage(config, workdir)

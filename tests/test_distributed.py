@@ -48,16 +48,16 @@ def _zoo(workdir):
     return rows, {m: snapshots.load_snapshots(workdir, m) for m in sorted({r["model_id"] for r in rows})}
 
 
-def test_two_processes_build_the_same_zoo_as_one_process(tiny_zoo_xla, tmp_path):
+def test_two_processes_build_the_same_zoo_as_one_process(tiny_zoo, tmp_path):
     workdir = str(tmp_path / "w")
     outs = launch_processes(workdir)
     assert "jax.distributed: 2 processes, 2 devices" in outs[0]
     assert "jax.distributed" not in outs[1] and "zoo models" not in outs[1]  # process 0 reports
     rows, weights = _zoo(workdir)
-    ref_rows, ref_weights = _zoo(tiny_zoo_xla[0])
+    ref_rows, ref_weights = _zoo(tiny_zoo[0])
     # Bitwise: on CPU each cohort is one model (a padding slot on the other device), stepped by the
     # same per-device program as in the 1-process zoo, and every model's batches, seed and
-    # evaluation are its own. (Two devices: 'auto' picks XLA's convolution, as the reference does.)
+    # evaluation are its own. (The tiny preset uses XLA's convolutions: see models.build on 'auto'.)
     assert rows == ref_rows
     assert weights.keys() == ref_weights.keys()
     for m in weights:

@@ -8,6 +8,7 @@ import pytest
 
 from configs import zoo as zoo_configs
 from wsjax import data, models
+from wsjax.models import resnet
 from wsjax.common import checkpoints
 from wsjax.common.config import ConfigError
 from wsjax.zoo import hparams
@@ -20,6 +21,33 @@ def test_resnet18_at_width_64_has_torchvision_parameter_count():
     module = models.build(config, 1000)
     shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
     assert models.count_params(shapes["params"]) == 11_689_512
+
+
+def test_im2col_convolutions_are_the_same_parameters_and_function():
+    config = zoo_configs.get_config().model
+    im2col = models.build(config, 3)  # 'auto' at width 4 on one CPU device
+    config.conv = "xla"
+    xla = models.build(config, 3)
+    assert (im2col.conv, xla.conv) == ("im2col", "xla")
+    x = jax.random.normal(jax.random.key(1), (4, 16, 16, 1))
+    variables = xla.init(jax.random.key(0), x)
+    same = jax.tree_util.tree_map(np.array_equal, variables, im2col.init(jax.random.key(0), x))
+    assert all(jax.tree_util.tree_leaves(same))  # same names, shapes and init
+    np.testing.assert_allclose(jax.jit(im2col.apply)(variables, x), jax.jit(xla.apply)(variables, x),
+                               atol=1e-5)
+
+    def grads(module):  # train mode: batch statistics, and every kernel's gradient
+        loss = lambda p: module.apply({**variables, "params": p}, x, train=True,  # noqa: E731
+                                      mutable=["batch_stats"])[0].sum()
+        return jax.jit(jax.grad(loss))(variables["params"])
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                           grads(im2col), grads(xla))
+    # the 7x7 stride-2 stem too
+    big = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
+    stem = [resnet.ResNet18(3, 2, stem="imagenet", conv=c) for c in ("im2col", "xla")]
+    variables = stem[1].init(jax.random.key(0), big)
+    np.testing.assert_allclose(jax.jit(stem[0].apply)(variables, big),
+                               jax.jit(stem[1].apply)(variables, big), atol=1e-5)
 
 
 def test_task_sampler_never_uses_held_out_class_sets():

@@ -251,11 +251,11 @@ def test_pretrained_base_is_trained_once_and_reused(tmp_path, monkeypatch):
     assert feats.shape == (2, 8 * config.model.width)
 
 
-def test_eight_devices_give_the_same_zoo_as_one(tiny_zoo_xla, tmp_path):
+def test_eight_devices_give_the_same_zoo_as_one(tiny_zoo, tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
                JAX_PLATFORMS="cpu")
     code = ("from configs import zoo; from launch.main import run_stage; import jax; "
             "assert jax.device_count() == 8; c = zoo.get_config('tiny'); c.cohort_size = 1; "
             "c.num_devices = 8; run_stage(c, %r)" % str(tmp_path))
     subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True, timeout=300)
-    _assert_same_zoo(_weights(tiny_zoo_xla[0]), _weights(str(tmp_path)), exact=False)
+    _assert_same_zoo(_weights(tiny_zoo[0]), _weights(str(tmp_path)), exact=False)
