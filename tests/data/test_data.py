@@ -79,6 +79,15 @@ def test_covering_draws_leave_every_slot_of_a_held_out_set_to_train():
         data.task_set(_tasks(k=2, num_held_out=40, cover_slots=True), 10)
 
 
+def test_imagenet_size_class_sets_are_drawn_without_listing_them():
+    ts = data.task_set(_tasks(num_held_out=100, cover_slots=True), 1000)  # 1.7e8 sets
+    assert ts.allowed is None and len(set(ts.held_out)) == 100
+    assert all(len(s) == 3 and list(s) == sorted(s) for s in ts.held_out)
+    sampled = ts.sample(1000, seed=0, models_per_set=2)
+    assert len(set(sampled)) == 500 and not set(sampled) & set(ts.held_out)
+    assert sampled[0] == sampled[1] and sampled == ts.sample(1000, seed=0, models_per_set=2)
+
+
 def test_explicit_held_out_sets_and_bad_k():
     ts = data.task_set(_tasks(held_out="2-1-0;3-4-5"), 10)
     assert ts.held_out == ((0, 1, 2), (3, 4, 5))

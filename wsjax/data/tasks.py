@@ -5,17 +5,24 @@ Held-out class sets are never given to a zoo model: they are for zero-shot evalu
 """
 import dataclasses
 import itertools
+import math
 
 import numpy as np
 
 from wsjax.common.config import ConfigError, require
 
 
+# Class sets listed one by one up to this many; beyond (ImageNet's 1,000 classes, k=3: 1.7e8),
+# drawn at random without listing them.
+MAX_LISTED = 200_000
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskSet:
     k: int
-    allowed: tuple    # class sets zoo models may train on
+    allowed: tuple    # class sets zoo models may train on; None: too many to list (MAX_LISTED)
     held_out: tuple   # class sets reserved for zero-shot evaluation
+    num_classes: int = 0
 
     def sample(self, num_models, seed, models_per_set=1, cover_slots=False):
         """Class sets for `num_models` models, `models_per_set` consecutive models per set: a
@@ -23,11 +30,25 @@ class TaskSet:
         where the thesis drew with replacement). With `cover_slots`, the first cycle starts with
         sets that put every class in every slot an allowed set gives it (`cover_slots_first`)."""
         rng = np.random.default_rng(seed)
+        if self.allowed is None:  # distinct random sets: a cycle's first draws, too many to cover
+            return [s for s in random_sets(rng, self.num_classes, self.k, -(-num_models // models_per_set),
+                                           self.held_out) for _ in range(models_per_set)][:num_models]
         sets = []
         while len(sets) * models_per_set < num_models:
             cycle = [self.allowed[i] for i in rng.permutation(len(self.allowed))]
             sets.extend(cover_slots_first(cycle) if cover_slots and not sets else cycle)
         return [s for s in sets for _ in range(models_per_set)][:num_models]
+
+
+def random_sets(rng, num_classes, k, n, exclude=()):
+    """`n` distinct random k-class sets (sorted tuples) outside `exclude`, from a huge space."""
+    out, seen = [], set(exclude)
+    while len(out) < n:
+        s = tuple(sorted(int(c) for c in rng.choice(num_classes, k, replace=False)))
+        if s not in seen:
+            seen.add(s)
+            out.append(s)
+    return out
 
 
 def slot_pairs(classes):
@@ -64,7 +85,9 @@ def task_set(config, num_classes):
     """Builds the TaskSet from `config` (k, num_held_out, held_out, held_out_seed, cover_slots)."""
     k = int(config.k)
     require(2 <= k <= num_classes, f"config.tasks.k must be in [2, {num_classes}], got {k}")
-    every = list(itertools.combinations(range(num_classes), k))
+    total = math.comb(num_classes, k)
+    listed = total <= MAX_LISTED
+    every = list(itertools.combinations(range(num_classes), k)) if listed else None
     if config.get("held_out", ""):
         try:
             held = parse_class_sets(config.held_out)
@@ -76,14 +99,16 @@ def task_set(config, num_classes):
                     f"config.tasks.held_out has an invalid class set {s} for k={k}")
     else:
         n = int(config.num_held_out)
-        require(0 <= n < len(every), f"config.tasks.num_held_out must be in [0, {len(every)}), got {n}")
+        require(0 <= n < total, f"config.tasks.num_held_out must be in [0, {total}), got {n}")
         rng = np.random.default_rng(config.held_out_seed)
-        if config.get("cover_slots", False):
+        if not listed:  # every (slot, class) pair is in countless other sets: nothing to cover
+            held = tuple(sorted(random_sets(rng, num_classes, k, n)))
+        elif config.get("cover_slots", False):
             held = tuple(sorted(draw_composable(every, n, rng)))
         else:
             held = tuple(every[i] for i in sorted(rng.choice(len(every), n, replace=False)))
-    allowed = tuple(s for s in every if s not in set(held))
-    return TaskSet(k, allowed, tuple(held))
+    allowed = tuple(s for s in every if s not in set(held)) if listed else None
+    return TaskSet(k, allowed, tuple(held), num_classes)
 
 
 def draw_composable(every, n, rng):
