@@ -172,9 +172,10 @@ def run(config, workdir):
     step_lib.enable_compile_cache(config.get("compile_cache", ""))
     peak = matmul_peak(int(config.matmul_size))
     seq, seq_compile, flops = bench_sequential(baseline, tx, variables, jnp.asarray(x), batches)
-    # where the batched path computes convolutions otherwise, the sequential time of that too
-    same = (dict(sequential_same_conv_img_s=bench_sequential(module, tx, variables, jnp.asarray(x), batches)[0])
-            if module.conv != baseline.conv else {})
+    same = {}  # where the batched path computes convolutions otherwise, one after another with them
+    if module.conv != baseline.conv:
+        same["sequential_same_conv_img_s"] = bench_sequential(module, tx, variables, jnp.asarray(x),
+                                                              batches)[0]
     bat, bat_compile = bench_batched(module, tx, variables, x, batches, strategy, cohort,
                                      int(config.steps_per_call), workers)
     res = dict(
