@@ -75,4 +75,3 @@ def tiny_zoo(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("zoo"))
     rows = run_stage(zoo_configs.get_config("tiny"), workdir)
     return workdir, rows
-

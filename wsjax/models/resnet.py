@@ -27,7 +27,6 @@ class Im2colConv(nn.Module):
     kernel_size: tuple
     strides: int = 1
     padding: int = 0
-    use_bias: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -42,6 +41,13 @@ class Im2colConv(nn.Module):
         return jnp.concatenate(cols, -1) @ kernel.astype(self.dtype).reshape(-1, self.features)
 
 
+def conv_layer(kind, dtype):
+    """The bias-free convolution of `kind` (one of CONVS): conv(features, kernel, strides, padding=)."""
+    if kind == "im2col":
+        return functools.partial(Im2colConv, dtype=dtype)
+    return functools.partial(nn.Conv, use_bias=False, dtype=dtype)
+
+
 class BasicBlock(nn.Module):
     features: int
     strides: int
@@ -52,8 +58,7 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x, train):
         act = getattr(nn, self.activation)
-        conv = functools.partial(Im2colConv if self.conv == "im2col" else nn.Conv, use_bias=False,
-                                 dtype=self.dtype)
+        conv = conv_layer(self.conv, self.dtype)
         norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                                  epsilon=1e-5, dtype=self.dtype)
         y = conv(self.features, (3, 3), self.strides, padding=1, name="conv1")(x)
@@ -78,12 +83,11 @@ class ResNet18(nn.Module):
     def __call__(self, x, train=False, features=False):
         """Logits [B, num_classes]; with `features=True`, pooled features [B, 8 * width]."""
         x = x.astype(self.dtype)
-        conv = functools.partial(Im2colConv if self.conv == "im2col" else nn.Conv, use_bias=False,
-                                 dtype=self.dtype, name="conv1")
+        conv = conv_layer(self.conv, self.dtype)
         if self.stem == "imagenet":
-            x = conv(self.width, (7, 7), 2, padding=3)(x)
+            x = conv(self.width, (7, 7), 2, padding=3, name="conv1")(x)
         else:
-            x = conv(self.width, (3, 3), 1, padding=1)(x)
+            x = conv(self.width, (3, 3), 1, padding=1, name="conv1")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                          dtype=self.dtype, name="bn1")(x)
         x = getattr(nn, self.activation)(x)

@@ -6,7 +6,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -155,7 +154,7 @@ def run(config, workdir):
     dataset = data.load(config.data)
     module = models.build(config.model, config.tasks.k)
     # the baseline: one model after another, with XLA's own convolution (same parameters)
-    baseline_model = ml_collections.ConfigDict(config.model.to_dict())
+    baseline_model = config.model.copy_and_resolve_references()
     baseline_model.conv = config.baseline_conv
     baseline = models.build(baseline_model, config.tasks.k)
     variables = init_lib.random_init(module, dataset.image_shape, jax.random.key(config.seed))
@@ -171,11 +170,11 @@ def run(config, workdir):
     workers = zoo_stage.resolve_workers(config, 1)
     step_lib.enable_compile_cache(config.get("compile_cache", ""))
     peak = matmul_peak(int(config.matmul_size))
-    seq, seq_compile, flops = bench_sequential(baseline, tx, variables, jnp.asarray(x), batches)
+    x_dev = jnp.asarray(x)
+    seq, seq_compile, flops = bench_sequential(baseline, tx, variables, x_dev, batches)
     same = {}  # where the batched path computes convolutions otherwise, one after another with them
     if module.conv != baseline.conv:
-        same["sequential_same_conv_img_s"] = bench_sequential(module, tx, variables, jnp.asarray(x),
-                                                              batches)[0]
+        same["sequential_same_conv_img_s"] = bench_sequential(module, tx, variables, x_dev, batches)[0]
     bat, bat_compile = bench_batched(module, tx, variables, x, batches, strategy, cohort,
                                      int(config.steps_per_call), workers)
     res = dict(

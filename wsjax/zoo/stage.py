@@ -425,9 +425,8 @@ def run(config, workdir):
     distributed.barrier("zoo manifest written")
     total = time.time() - t0
     if distributed.is_primary():
-        per = f"summed over {ctx.workers} threads, " if ctx.workers > 1 else ""
+        threads = f"summed over {ctx.workers} threads, " if ctx.workers > 1 else ""
+        other = "" if threads else f", other {total - sum(spent.values()):.0f} s"
         print(f"zoo: {len(specs) - done} models in {total:.0f} s: "
-              + ", ".join(f"{k} {spent[k]:.0f} s" for k in _SPENT)
-              + (f" ({per}compiles included)" if per else " (compiles included), other "
-                 f"{total - sum(spent.values()):.0f} s"))
+              + ", ".join(f"{k} {spent[k]:.0f} s" for k in _SPENT) + f" ({threads}compiles included){other}")
     return snapshots.read_manifest(workdir)
