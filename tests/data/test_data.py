@@ -79,6 +79,18 @@ def test_covering_draws_leave_every_slot_of_a_held_out_set_to_train():
         data.task_set(_tasks(k=2, num_held_out=40, cover_slots=True), 10)
 
 
+def test_cross_fit_folds_keep_each_sets_slots_held_outside_its_fold():
+    sets = [(0, 1, 2), (0, 1, 3), (0, 2, 3), (1, 2, 3), (0, 4, 5), (0, 4, 6), (1, 4, 6), (2, 5, 6)]
+    fold, composable = data.composable_folds(sets, 3, np.random.default_rng(0))
+    assert np.bincount(fold).tolist() == [3, 3, 2]  # balanced
+    for s, f, ok in zip(sets, fold, composable):
+        outside = set().union(*(data.slot_pairs(t) for t, g in zip(sets, fold) if g != f))
+        assert ok == (data.slot_pairs(s) <= outside)
+    # a slot only they fill: 2 in slot 2, 5 in slot 2, 2 in slot 0
+    assert [s for s, ok in zip(sets, composable) if not ok] == [(0, 1, 2), (0, 4, 5), (2, 5, 6)]
+    # pairs held by two sets split them: 2 in slot 1 ((0, 2, 3), (1, 2, 3)), 1 in slot 0
+    assert fold[2] != fold[3] and fold[3] != fold[6]
+
 def test_imagenet_size_class_sets_are_drawn_without_listing_them():
     ts = data.task_set(_tasks(num_held_out=100, cover_slots=True), 1000)  # 1.7e8 sets
     assert ts.allowed is None and len(set(ts.held_out)) == 100

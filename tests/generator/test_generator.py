@@ -90,7 +90,7 @@ def test_cross_fit_predicts_each_class_set_without_its_own_models():
 
     def paths(z):
         seen = {}
-        feats, val, _ = generator_stage.cross_fit(
+        feats, val, _, _ = generator_stage.cross_fit(
             config, cls, z, sets, lambda c, p: seen.setdefault(c, p) is None or (np.ones(3), np.ones(3)))
         assert val.shape == (4, 3) and len(feats) == 4
         return seen

@@ -56,6 +56,15 @@ def slot_pairs(classes):
     return set(enumerate(sorted(classes)))
 
 
+def pair_counts(sets):
+    """{(slot, class): how many of `sets` hold it}."""
+    count = {}
+    for s in sets:
+        for p in slot_pairs(s):
+            count[p] = count.get(p, 0) + 1
+    return count
+
+
 def cover_slots_first(sets):
     """`sets` reordered so the first ones cover every (slot, class) pair of all of them, greedily
     (most new pairs first, ties in the given order), the rest after in the given order. A
@@ -114,10 +123,7 @@ def task_set(config, num_classes):
 def draw_composable(every, n, rng):
     """`n` class sets drawn from `every` such that each (slot, class) pair of a drawn set is still
     held by some set not drawn: held-out sets are new combinations of slots the zoo can train."""
-    count = {}
-    for s in every:
-        for p in slot_pairs(s):
-            count[p] = count.get(p, 0) + 1
+    count = pair_counts(every)
     held = []
     for i in rng.permutation(len(every)):
         if len(held) == n:
@@ -130,6 +136,27 @@ def draw_composable(every, n, rng):
     require(len(held) == n, f"config.tasks.num_held_out={n}: only {len(held)} class sets can be "
             "held out with every (slot, class) pair left to train; lower it or set cover_slots=False")
     return held
+
+
+def composable_folds(sets, folds, rng):
+    """(fold of each of the distinct class `sets` [S], composable [S] bool) for cross-fitting.
+    Composable: each (slot, class) pair of the set is held by some set outside its fold, the
+    condition `draw_composable` gives held-out sets. Sets are placed in random order, each in the
+    smallest fold that keeps every pair it shares with other sets held outside that fold."""
+    count = pair_counts(sets)
+    inside = [{} for _ in range(folds)]   # per fold: {pair: its sets holding the pair}
+    fold, size = np.zeros(len(sets), int), [0] * folds
+    for i in rng.permutation(len(sets)):
+        pairs = [p for p in slot_pairs(sets[i]) if count[p] >= 2]
+        order = sorted(range(folds), key=lambda f: (size[f], f))
+        ok = [f for f in order if all(count[p] - inside[f].get(p, 0) >= 2 for p in pairs)]
+        fold[i] = (ok or order)[0]
+        size[fold[i]] += 1
+        for p in slot_pairs(sets[i]):
+            inside[fold[i]][p] = inside[fold[i]].get(p, 0) + 1
+    composable = np.array([all(count[p] > inside[f][p] for p in slot_pairs(s))
+                           for s, f in zip(sets, fold)], bool)
+    return fold, composable
 
 
 def task_indices(labels, classes):
