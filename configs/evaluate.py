@@ -21,6 +21,10 @@ def get_config(arg=None):
     c.pool = ml_collections.ConfigDict(dict(per_segment=3, flow_samples=1))  # per requested loss
     c.recalibrate = ml_collections.ConfigDict(dict(enabled=True, num_batches=4, batch_size=64))
     c.finetune = ml_collections.ConfigDict(dict(epochs=(0, 1, 3), learning_rate=3e-3, batch_size=64))
+    # SANE's samples as one more fine-tuning start, where the workdir has a trained sane stage:
+    # KDE draws (bandwidth x the prompts' std) around the best models of the nearest class sets;
+    # bandwidth 0.1 chosen among 0-1 on class sets of val models (seed 0), not held-out ones
+    c.sane = ml_collections.ConfigDict(dict(enabled=True, num_prompts=4, num_samples=16, bandwidth=0.1))
     if preset == "tiny":
         c.num_train_tasks = 1
         c.num_held_out_tasks = 2
@@ -28,4 +32,5 @@ def get_config(arg=None):
         c.pool.per_segment = 2
         c.recalibrate.num_batches = 2
         c.finetune.epochs = (0, 1)
+        c.sane.num_samples = 4
     return c

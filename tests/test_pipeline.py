@@ -1,6 +1,7 @@
 """The whole pipeline at CI size (configs/demo.py:tiny), run once, then checked stage by stage."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -57,7 +58,7 @@ def test_evaluate_writes_every_plot_and_metric(pipeline):
         m = metrics[kind]
         for key in ("r2_loss", "r2_loss_no_selection", "copy_r2_loss", "spearman_loss", "accuracy",
                     "copy_accuracy", "copy_noise_accuracy", "mean_model_accuracy",
-                    "random_init_accuracy", "novelty_agreement"):
+                    "shared_init_accuracy", "novelty_agreement"):
             assert np.isfinite(m[key]), (kind, key)
         assert 0.0 <= m["accuracy"] <= 1.0
         # the thesis mode is evaluated beside the new generators
@@ -69,6 +70,23 @@ def test_evaluate_writes_every_plot_and_metric(pipeline):
     # keep-the-best chose on train images: each record says the train loss it was chosen by
     assert all(np.isfinite(r["train_loss"]) for r in best)
     assert "ae" in metrics and "align" in metrics and "generator" in metrics
+
+
+def test_evaluate_fine_tunes_sane_samples_where_the_workdir_has_a_sane_stage(pipeline, tmp_path):
+    from configs import sane as sane_configs
+    workdir = str(tmp_path / "work")
+    shutil.copytree(pipeline, workdir, ignore=shutil.ignore_patterns("evaluate"))
+    sane_config = sane_configs.get_config("tiny")
+    sane_config.train.update(steps=10, warmup_steps=2, checkpoint_every=5)  # decodes; need not be good
+    run_stage(sane_config, workdir)
+    config = demo.get_config("tiny").evaluate  # the pipeline test fine-tunes; here epoch 0 only
+    config.num_train_tasks, config.samplers, config.no_selection = 0, ("path",), "path"
+    config.finetune.epochs = (0,)
+    run_stage(config, workdir)
+    finetune = json.load(open(os.path.join(workdir, "evaluate", "metrics.json")))["held_out"]["finetune"]
+    assert set(finetune) == {"sample", "copy", "shared_init", "random_init", "sane"}
+    assert all(len(v) == len(config.finetune.epochs) and np.isfinite(v).all() for v in finetune.values())
+    assert "| sane |" in open(os.path.join(workdir, "evaluate", "report.md")).read()
 
 
 def test_a_different_request_changes_the_sample(pipeline):

@@ -10,8 +10,10 @@ from configs import sane as sane_configs
 from conftest import fake_zoo_copy
 from wsjax import models, sane, stages
 from wsjax.common import config as config_lib
+from wsjax.sane import sample as sane_sample
 from wsjax.sane import tokens
 from wsjax.zoo import snapshots
+from wsjax.zoo import step as step_lib
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +51,14 @@ def test_tokens_hold_every_value_once_in_forward_order(fake_zoo):
     assert layout.segment[0] == 0 and layout.segment[-1] == layout.num_segments - 1
 
 
+def test_tokens_detokenize_back_to_the_same_variables(fake_zoo):
+    _, variables = _model(fake_zoo)
+    for size in (40, 300):  # channels in several tokens, and every channel in one
+        back = tokens.detokenize(tokens.tokenize(variables, size), variables)
+        assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(variables)
+        jax.tree_util.tree_map(np.testing.assert_array_equal, back, variables)
+
+
 def test_tiny_stage_writes_embeddings_and_a_rerun_does_nothing(sane_workdir):
     out = sane.paths(sane_workdir)
     emb = sane.load_embeddings(sane_workdir)
@@ -77,13 +87,39 @@ def test_trained_embedding_of_a_permuted_model_is_nearer_it_than_a_typical_other
     """After the tiny preset's 60 steps a permuted model is not yet nearer its original than the
     nearest other model is (the default preset's metrics.json reports that); here, nearer than the
     median other model."""
-    encoder = sane.load(sane_workdir)
+    codec = sane.load(sane_workdir)
     stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *[
         snapshots.load_variables(sane_workdir, m, "final") for m in range(12)])
     keys = jax.random.split(jax.random.key(0), 12)
-    z = encoder.embed(stacked)
-    zp = encoder.embed(jax.vmap(tokens.permute_channels)(stacked, keys))
+    z = codec.embed(stacked)
+    zp = codec.embed(jax.vmap(tokens.permute_channels)(stacked, keys))
     moved = np.linalg.norm(zp - z, axis=1)
     pair = np.linalg.norm(z[:, None] - z[None], axis=-1)
     others = pair[~np.eye(12, dtype=bool)]
     assert np.median(moved) < np.median(others)
+
+
+def test_sane_samples_decode_to_networks_around_the_nearest_sets_best_models(sane_workdir):
+    rows = snapshots.read_manifest(sane_workdir)
+    classes = rows[0]["classes"]
+    picked = sane_sample.prompt_rows(rows, classes, 10, num_prompts=3)
+    assert rows[picked[0]]["classes"] == rows[0]["classes"]  # its own set first (a train model)
+    assert all(rows[i]["snapshot"] == "final" and rows[i]["split"] == "train" for i in picked)
+    codec = sane.load(sane_workdir)
+    prompts = step_lib.stack([snapshots.load_variables(sane_workdir, rows[i]["model_id"], "final")
+                              for i in picked])
+    z = codec.latents(prompts)
+    assert z.shape == (3, codec.layout.num_tokens, sane_configs.get_config("tiny").model.latent_dim)
+    np.testing.assert_allclose(z.mean(1), codec.embed(prompts), rtol=1e-5, atol=1e-6)
+    same = sane_sample.kde(z, 5, jax.random.key(0), bandwidth=0.0)  # no noise: the prompts
+    assert all(any(np.array_equal(d, p) for p in z) for d in same)
+    wide = sane_sample.kde(z, 2000, jax.random.key(0), bandwidth=0.5)
+    np.testing.assert_allclose(wide.std(0), np.sqrt(z.var(0) * (1 + 0.25)), rtol=0.15, atol=1e-3)
+    drawn = sane_sample.sample(codec, prompts, 4, jax.random.key(1), bandwidth=0.5)
+    assert jax.tree_util.tree_structure(drawn) == jax.tree_util.tree_structure(prompts)
+    assert all(np.isfinite(x).all() and x.shape[0] == 4 for x in jax.tree_util.tree_leaves(drawn))
+    # decoding is the inverse of the token normalisation: a decoded network's BN variances and
+    # kernels are on the zoo's scale, not the normalised one
+    module, _ = _model(sane_workdir)
+    x = np.random.default_rng(0).normal(size=(8, 12, 12, 1)).astype(np.float32)
+    assert np.isfinite(module.apply(step_lib.unstack(drawn, 0), x)).all()

@@ -74,7 +74,7 @@ def write(out_dir, results, records, at_median, config):
             r = results[kind]
             lines.append(f"| {kind} | {r['num_class_sets']} | " + " | ".join(_fmt(r.get(k, "—")) for k in (
                 "accuracy", "copy_accuracy", "copy_noise_accuracy", "mean_model_accuracy",
-                "random_init_accuracy", "novelty_agreement")) + " |")
+                "shared_init_accuracy", "novelty_agreement")) + " |")
     lines += ["", f"Two train models of the same class set agree on "
               f"{results['same_class_set_agreement']:.3f} of val images (the novelty reference).", ""]
     if "finetune" in results.get("held_out", {}):

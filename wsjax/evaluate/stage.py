@@ -19,7 +19,7 @@ import numpy as np
 from scipy import stats
 from tqdm import tqdm
 
-from wsjax import ae, align, data, generator
+from wsjax import ae, align, data, generator, sane
 from wsjax.common import config as config_lib
 from wsjax.common import io
 from wsjax.common import checkpoints as ckpt
@@ -28,6 +28,7 @@ from wsjax.evaluate import finetune, metrics, report
 from wsjax.generator import features, linear, select
 from wsjax.generator import stage as generator_stage
 from wsjax.models import bn, inference
+from wsjax.sane import sample as sane_sample
 from wsjax.sample.stage import default_targets
 from wsjax.zoo import init as init_lib
 from wsjax.zoo import step as step_lib
@@ -94,17 +95,40 @@ class Context:
         finals = [i for i in self.train if self.rows[i]["snapshot"] == "final"]
         self.mean_model = self.gen.decode_coeffs(self.coeffs[finals].mean(0)[None])
         init_path = init_lib.init_path(workdir)  # absent for init='per_model'
-        self.random_init = ckpt.restore(init_path) if ckpt.exists(init_path) else None
+        self.shared_init = ckpt.restore(init_path) if ckpt.exists(init_path) else None
+        self.fresh_init = init_lib.random_init(  # a draw no zoo model started from
+            self.module, self.dataset.image_shape, jax.random.key(config.seed + 10_000),
+            zoo_config.init_methods[0])
+        self.sane = None
+        if config.sane.enabled and sane.done(workdir):
+            self.sane = sane.load(workdir)
 
-    def scores(self, stacked, prompt):
+    def recalibrate(self, stacked, prompt):
+        """Stacked networks with BN statistics of the prompt's train images (if enabled)."""
+        r = self.config.recalibrate
+        if not r.enabled:
+            return stacked
+        return bn.recalibrate_stack(self.module, stacked, prompt["train"][0],
+                                    num_batches=r.num_batches, batch_size=r.batch_size)
+
+    def scores(self, stacked, prompt, recalibrate=True):
         """Stacked networks BN-recalibrated on the prompt's train images, and their [N] val
         losses, [N] val accuracies and [N, n, C] val logits, in batched calls."""
-        r = self.config.recalibrate
-        if r.enabled:
-            stacked = bn.recalibrate_stack(self.module, stacked, prompt["train"][0],
-                                           num_batches=r.num_batches, batch_size=r.batch_size)
+        if recalibrate:
+            stacked = self.recalibrate(stacked, prompt)
         z = inference.logits_stack(self.module, stacked, prompt["val"][0])
         return (stacked,) + inference.scores_stack(z, prompt["val"][1]) + (z,)
+
+    def sane_sample(self, classes, prompt, key):
+        """SANE's network for `classes`: the best (train loss after BN recalibration) of
+        `config.sane.num_samples` KDE draws around the zoo's best models of the nearest sets."""
+        c = self.config.sane
+        idx = sane_sample.prompt_rows(self.rows, classes, self.dataset.num_classes, c.num_prompts)
+        drawn = sane_sample.sample(self.sane, step_lib.stack([self.snapshot(i) for i in idx]),
+                                   c.num_samples, key, c.bandwidth)
+        drawn = self.recalibrate(drawn, prompt)
+        best = int(np.nanargmin(select.train_losses(self.module, drawn, prompt["train"])))
+        return step_lib.unstack(drawn, best)
 
     def snapshot(self, i):
         """The variables of row i; each model's stacked checkpoint is read once."""
@@ -165,17 +189,20 @@ def evaluate_task(ctx, classes, kind, targets, key):
     prompt = dict(train=(x_train, y_train), val=data.task_split(ctx.dataset, classes, "val"))
     base = dict(kind=kind, classes=list(classes))
     median = ctx.median_loss
-    k_pool, k_flow, k_noise = jax.random.split(key, 3)
+    k_pool, k_flow, k_noise, k_sane = jax.random.split(key, 4)
 
     # keep-the-best over one pool per class set: chosen on train images, scored on val images
     pool_z = ctx.gen.candidates(classes, targets + [median], k_pool, **cfg.pool)
-    pool, pool_loss, pool_acc, pool_logits = ctx.scores(ctx.gen.variables(pool_z), prompt)
+    pool = ctx.recalibrate(ctx.gen.variables(pool_z), prompt)
     train_loss = select.train_losses(ctx.module, pool, prompt["train"])
     expected = select.calibrate(train_loss, ctx.gen.meta["calibration"])
-    records = [dict(base, sampler="best", target_loss=t, loss=float(pool_loss[i]),
-                    accuracy=float(pool_acc[i]), train_loss=float(train_loss[i]),
+    chosen = select.nearest(expected, targets + [median])  # only these see val images
+    picked, best_loss, best_acc, best_logits = ctx.scores(
+        jax.tree_util.tree_map(lambda x: x[chosen], pool), prompt, recalibrate=False)
+    records = [dict(base, sampler="best", target_loss=t, loss=float(best_loss[j]),
+                    accuracy=float(best_acc[j]), train_loss=float(train_loss[i]),
                     expected_loss=float(expected[i]))
-               for t, i in zip(targets, select.nearest(expected, targets))]
+               for j, (t, i) in enumerate(zip(targets, chosen))]
 
     # every generator alone and the baselines, scored together
     groups = {}
@@ -187,16 +214,16 @@ def evaluate_task(ctx, classes, kind, targets, key):
             groups[sampler] = ctx.gen.variables(ctx.gen.latents(sampler, classes, targets, k_flow))
     groups["copy"] = step_lib.stack([ctx.snapshot(ctx.copy(classes, t)) for t in targets])
     # at the zoo's median final loss: the default sampler against every baseline
-    i = int(select.nearest(expected, [median])[0])
-    sample = step_lib.unstack(pool, i)
-    near = ctx.nearest(linear.decode(ctx.gen.latent, pool_z[i]))
+    i = len(targets)  # the median request's pick
+    sample = step_lib.unstack(picked, i)
+    near = ctx.nearest(linear.decode(ctx.gen.latent, pool_z[chosen[i]]))
     near_vars = ctx.snapshot(near)
     copy_vars = ctx.snapshot(ctx.copy(classes, median))
     baselines = dict(copy_median=copy_vars, nearest=near_vars,
                      copy_noise=noisy_copy(copy_vars, _params_distance(sample, near_vars), k_noise),
                      mean_model=step_lib.unstack(ctx.mean_model, 0))
-    if ctx.random_init is not None:
-        baselines["random_init"] = ctx.random_init
+    if ctx.shared_init is not None:
+        baselines["shared_init"] = ctx.shared_init
     groups.update({name: _single(v) for name, v in baselines.items()})
     scored = score_groups(ctx, groups, prompt)
     for name in tuple(cfg.samplers) + ("copy",):
@@ -205,19 +232,22 @@ def evaluate_task(ctx, classes, kind, targets, key):
                     for t, v, a in zip(targets, loss, acc)]
 
     acc = lambda name: float(scored[name][2][0])  # noqa: E731
-    at_median = dict(base, accuracy=float(pool_acc[i]), loss=float(pool_loss[i]),
+    at_median = dict(base, accuracy=float(best_acc[i]), loss=float(best_loss[i]),
                      copy_accuracy=acc("copy_median"), copy_noise_accuracy=acc("copy_noise"),
                      mean_model_accuracy=acc("mean_model"),
                      novelty_agreement=metrics.logit_metrics(scored["nearest"][3][0],
-                                                             pool_logits[i])["agreement"],
+                                                             best_logits[i])["agreement"],
                      nearest_same_classes=tuple(ctx.rows[near]["classes"]) == tuple(classes))
-    if ctx.random_init is not None:
-        at_median["random_init_accuracy"] = acc("random_init")
+    if ctx.shared_init is not None:
+        at_median["shared_init_accuracy"] = acc("shared_init")
     if kind == "held_out":
         f = cfg.finetune
         starts = dict(sample=sample, copy=step_lib.unstack(scored["copy_median"][0], 0))
-        if ctx.random_init is not None:
-            starts["shared_init"] = ctx.random_init
+        if ctx.sane is not None:
+            starts["sane"] = ctx.sane_sample(classes, prompt, k_sane)
+        if ctx.shared_init is not None:
+            starts["shared_init"] = ctx.shared_init
+        starts["random_init"] = ctx.fresh_init
         z = ctx.zoo_config
         strategy = zoo_stage.resolve_strategy(z)
         at_median["finetune"] = finetune.curves(
@@ -266,7 +296,7 @@ def summarise(records, at_median, samplers, no_selection):
             copy_r2_loss=align["copy"]["r2_loss"], copy_spearman_loss=align["copy"]["spearman_loss"],
             samplers=align)
         for k in ("accuracy", "copy_accuracy", "copy_noise_accuracy", "mean_model_accuracy",
-                  "random_init_accuracy", "novelty_agreement"):
+                  "shared_init_accuracy", "novelty_agreement"):
             if col(k):
                 summary[k] = float(np.mean(col(k)))
         if col("finetune"):

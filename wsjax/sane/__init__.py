@@ -1,4 +1,5 @@
-"""SANE-style weight encoder: `load(workdir)` -> Encoder with `embed`; `load_embeddings(workdir)`."""
-from wsjax.sane.stage import Encoder, load, load_embeddings, paths
+"""SANE-style weight encoder: `load(workdir)` -> Codec (`embed`, `latents`, `decode`);
+`load_embeddings(workdir)`; `sample` draws new networks by KDE in its latent space."""
+from wsjax.sane.stage import Codec, done, load, load_embeddings, paths
 
-__all__ = ["Encoder", "load", "load_embeddings", "paths"]
+__all__ = ["Codec", "done", "load", "load_embeddings", "paths"]

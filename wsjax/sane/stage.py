@@ -27,6 +27,7 @@ from wsjax.common import checkpoints
 from wsjax.common import config as config_lib
 from wsjax.common import io, loop
 from wsjax.common.config import require
+from wsjax.models import inference
 from wsjax.sane import model as model_lib
 from wsjax.sane import tokens as tokens_lib
 from wsjax.zoo import snapshots
@@ -70,21 +71,28 @@ def paths(workdir):
                 metrics=os.path.join(d, "metrics.json"))
 
 
-class Encoder:
-    """The trained SANE encoder: `embed(stacked variables [N, ...])` -> [N, latent_dim], the mean
-    over all tokens of the encoder's output, the sequence covered by consecutive windows."""
+class Codec:
+    """The trained SANE: `embed(stacked variables [N, ...])` -> [N, latent_dim] (the mean over
+    tokens), `latents` -> per-token latents [N, T, latent_dim], `decode(latents)` -> stacked
+    variables shaped like `template`; the sequence is covered by consecutive windows."""
 
-    def __init__(self, module, params, layout, mean, std, window):
+    def __init__(self, module, params, layout, mean, std, window, template):
         self.module, self.params, self.layout = module, params, layout
+        template = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.float32), template)
         self.window = min(window, layout.num_tokens)
-        self._embed = jax.jit(functools.partial(_embed, module, layout, self.window))
-        self._norm = (jnp.asarray(mean), jnp.asarray(std))
+        norm = (jnp.asarray(mean), jnp.asarray(std))
+        self._latents = jax.jit(functools.partial(_latents, module, layout, self.window, params, *norm))
+        self._decode = jax.jit(functools.partial(_decode, module, layout, self.window, params, *norm,
+                                                 template))
+
+    def latents(self, stacked, chunk=64):
+        return inference.map_chunks(self._latents, stacked, chunk)
 
     def embed(self, stacked, chunk=64):
-        n = len(jax.tree_util.tree_leaves(stacked)[0])
-        return np.concatenate([np.asarray(self._embed(
-            self.params, *self._norm, jax.tree_util.tree_map(lambda x: jnp.asarray(x[i:i + chunk]), stacked)))
-            for i in range(0, n, chunk)])
+        return self.latents(stacked, chunk).mean(1)
+
+    def decode(self, z, chunk=64):
+        return inference.map_chunks(self._decode, z, chunk)
 
 
 def _normalised(layout, mean, std, stacked):
@@ -104,17 +112,28 @@ def _encodings(layout, pos):
     return jnp.asarray(layout.segment)[pos], jnp.asarray(layout.channel)[pos], pos
 
 
-def _embed(module, layout, window, params, mean, std, stacked):
-    tok = _normalised(layout, mean, std, stacked)  # [B, T, D]
-    b, t = tok.shape[:2]
+def _windowed(module, layout, window, params, method, x):
+    """`method` ('encode' | 'decode') of the sequences x [B, T, ...] applied window by window,
+    each position's output averaged over the windows that cover it: [B, T, out]."""
+    b, t = x.shape[:2]
     pos = jnp.asarray([np.arange(s, s + window) for s in _starts(t, window)])  # [n, W]
     pos = jnp.broadcast_to(pos[:, None], (len(pos), b, window)).reshape(-1, window)
-    x = jnp.take_along_axis(jnp.tile(tok, (len(pos) // b, 1, 1)), pos[:, :, None], axis=1)
-    z = module.apply({"params": params}, x, *_encodings(layout, pos), method="encode")
-    # each token's latent averaged over the windows that cover it, then the mean over tokens
-    total = jnp.zeros((b, t, z.shape[-1])).at[jnp.arange(len(pos))[:, None] % b, pos].add(z)
+    xs = jnp.take_along_axis(jnp.tile(x, (len(pos) // b, 1, 1)), pos[:, :, None], axis=1)
+    y = module.apply({"params": params}, xs, *_encodings(layout, pos), method=method)
+    total = jnp.zeros((b, t, y.shape[-1])).at[jnp.arange(len(pos))[:, None] % b, pos].add(y)
     count = jnp.zeros((t,)).at[pos].add(1.0) / b
-    return (total / count[None, :, None]).mean(1)
+    return total / count[None, :, None]
+
+
+def _latents(module, layout, window, params, mean, std, stacked):
+    return _windowed(module, layout, window, params, "encode", _normalised(layout, mean, std, stacked))
+
+
+def _decode(module, layout, window, params, mean, std, template, z):
+    """Stacked variables from per-token latents [B, T, d]: decoded tokens, un-normalised."""
+    seg = layout.segment
+    tok = _windowed(module, layout, window, params, "decode", z) * std[seg] + mean[seg]
+    return jax.vmap(lambda t: tokens_lib.detokenize(t, template))(tok * layout.mask)
 
 
 def nt_xent(a, b, temperature):
@@ -242,13 +261,13 @@ def train(config, out, state, loss_fn, schedule, stacked, idx):
                                 directory=out["checkpoints"], log_path=out["log"], stage=STAGE)
 
 
-def permutation_check(encoder, stacked, idx, seed):
+def permutation_check(codec, stacked, idx, seed):
     """How far a function-preserving channel permutation moves the embedding of the snapshots
     `idx`, relative to the distance to the nearest other snapshot and to the median pair."""
     v = take(stacked, idx)
     keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), 3), len(idx))
-    z = encoder.embed(v)
-    zp = encoder.embed(jax.vmap(tokens_lib.permute_channels)(v, keys))
+    z = codec.embed(v)
+    zp = codec.embed(jax.vmap(tokens_lib.permute_channels)(v, keys))
     moved = np.linalg.norm(zp - z, axis=1)
     pair = np.linalg.norm(z[:, None] - z[None], axis=-1)
     np.fill_diagonal(pair, np.inf)
@@ -259,7 +278,7 @@ def permutation_check(encoder, stacked, idx, seed):
 
 
 def load(workdir):
-    """The Encoder trained in `workdir/sane`."""
+    """The Codec trained in `workdir/sane`."""
     path = paths(workdir)["params"]
     require(checkpoints.exists(path), f"{path} not found: run the 'sane' stage with this --workdir first")
     config = config_lib.load(workdir, STAGE)
@@ -269,7 +288,7 @@ def load(workdir):
     layout = tokens_lib.layout(template, config.tokens.token_size)
     module = model_lib.build(config, layout)
     params = jax.tree_util.tree_map(jnp.asarray, saved["params"])
-    return Encoder(module, params, layout, saved["mean"], saved["std"], config.tokens.window)
+    return Codec(module, params, layout, saved["mean"], saved["std"], config.tokens.window, template)
 
 
 def load_embeddings(workdir):
@@ -280,10 +299,17 @@ def load_embeddings(workdir):
         return {k: f[k] for k in f.files}
 
 
+def done(workdir):
+    """Whether the sane stage's outputs in `workdir` are complete."""
+    out = paths(workdir)
+    return checkpoints.exists(out["params"]) and all(os.path.exists(out[k])
+                                                     for k in ("embeddings", "metrics"))
+
+
 def run(config, workdir):
     check_config(config)
     out = paths(workdir)
-    if checkpoints.exists(out["params"]) and all(os.path.exists(out[k]) for k in ("embeddings", "metrics")):
+    if done(workdir):
         logging.info("sane: outputs in %s are complete, nothing to do", os.path.dirname(out["params"]))
         return load(workdir)
     start_time = time.time()
@@ -313,8 +339,8 @@ def run(config, workdir):
     train_seconds = time.time() - tic
 
     checkpoints.save(out["params"], dict(params=best_params, mean=mean, std=std))
-    encoder = load(workdir)
-    z = encoder.embed(stacked)
+    codec = load(workdir)
+    z = codec.embed(stacked)
     io.savez(out["embeddings"], z=z, model_id=np.array([r["model_id"] for r in rows]),
              snapshot=np.array([r["snapshot"] for r in rows]), split=split,
              status=np.array([r["status"] for r in rows]))
@@ -322,7 +348,7 @@ def run(config, workdir):
     metrics = dict(selected_on=selected_on, best_val_loss=best_val, best_step=best_step,
                    num_tokens=layout.num_tokens, token_size=layout.token_size, window=window,
                    num_params=int(sum(x.size for x in jax.tree_util.tree_leaves(best_params))),
-                   permutation=permutation_check(encoder, stacked, held_out if len(held_out) >= 2
+                   permutation=permutation_check(codec, stacked, held_out if len(held_out) >= 2
                                                  else idx["train"], config.seed),
                    train_seconds=train_seconds, stage_seconds=time.time() - start_time)
     io.write_json(out["metrics"], metrics)
@@ -330,4 +356,4 @@ def run(config, workdir):
                  "embedding %.3g, nearest other snapshot %.3g)", metrics["stage_seconds"], best_val,
                  best_step, metrics["permutation"]["mean_moved"],
                  metrics["permutation"]["mean_nearest_other"])
-    return encoder
+    return codec

@@ -88,6 +88,31 @@ def tokenize(variables, token_size):
     return jnp.concatenate(out).astype(jnp.float32)
 
 
+def detokenize(tokens, template):
+    """Variables shaped like `template` from tokens [T, token_size]: the inverse of `tokenize`
+    (padding entries are dropped; jittable, vmap for a stack)."""
+    token_size = tokens.shape[-1]
+    params = jax.tree_util.tree_map(lambda x: x, template["params"])  # fresh nested dicts
+    stats = jax.tree_util.tree_map(lambda x: x, template["batch_stats"])
+    start = 0
+    for block, conv, bn in layers(params):
+        node = params if block is None else params[block]
+        kernel = node[conv]["kernel"]
+        c, width = kernel.shape[-1], int(np.prod(kernel.shape[:-1]))
+        n = width + (1 if bn is None else 4)
+        chunks = -(-n // token_size)
+        rows = tokens[start:start + c * chunks].reshape(c, chunks * token_size)[:, :n]
+        start += c * chunks
+        node[conv] = dict(node[conv], kernel=rows[:, :width].T.reshape(kernel.shape))
+        if bn is None:
+            node[conv]["bias"] = rows[:, width]
+        else:
+            node[bn] = dict(scale=rows[:, width], bias=rows[:, width + 1])
+            (stats if block is None else stats[block])[bn] = dict(mean=rows[:, width + 2],
+                                                                  var=rows[:, width + 3])
+    return dict(params=params, batch_stats=stats)
+
+
 def permute_channels(variables, key):
     """The same function with each residual block's inner channels permuted: conv1's output
     channels, bn1's parameters and statistics, and conv2's input channels, one random permutation
