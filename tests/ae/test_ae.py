@@ -158,3 +158,15 @@ def test_missing_pca_is_one_clear_error(fake_zoo, tmp_path):
     shutil.rmtree(os.path.join(workdir, "pca"), ignore_errors=True)
     with pytest.raises(config_lib.ConfigError, match="pca"):
         stages.run_stage(_tiny(), workdir)
+
+
+def test_linear_init_is_the_whitened_top_eigenbasis_of_the_shrunk_covariance():
+    from wsjax.ae import model as model_lib
+    x = np.random.default_rng(0).normal(size=(20, 30)) * np.linspace(3, 0.1, 30)
+    params = model_lib.pca_init({}, x, latent_dim=6, shrinkage=0.1)
+    c = (x - x.mean(0)).T @ (x - x.mean(0)) / len(x)
+    lam, v = np.linalg.eigh(0.9 * c + 0.1 * np.diag(np.diag(c)))
+    enc, dec = params["enc_lin"]["kernel"], params["dec_lin"]["kernel"]
+    top, scale = v[:, ::-1][:, :6], np.sqrt(lam[::-1][:6])
+    np.testing.assert_allclose(np.abs(top.T @ (enc * scale)), np.eye(6), atol=1e-4)
+    np.testing.assert_allclose(dec @ enc, np.eye(6), atol=1e-4)  # decode(encode(.)) on the span
