@@ -1,4 +1,3 @@
-
 from wsjax import data, models
 from wsjax.common import config as config_lib
 from wsjax.evaluate import finetune
