@@ -6,21 +6,21 @@ import numpy as np
 
 from wsjax.data.tasks import task_indices
 from wsjax.models import inference
-from wsjax.zoo import stage as zoo_stage
 from wsjax.zoo import step as step_lib
 
 
 def curves(module, starts, dataset, classes, val, *, epochs, learning_rate, batch_size, seed,
-           strategy, slots, diverge_loss_factor, workers=1):
+           strategy, slots, diverge_loss_factor):
     """{name: [val accuracy after e epochs for e in `epochs`]} (0 = no training) of each start in
-    `starts` ({name: variables}), trained `slots` at a time, `workers` such groups at once in
-    threads (as the zoo's cohorts), on the task's train images; val = (images, local labels)."""
+    `starts` ({name: variables}), trained `slots` at a time on the task's train images;
+    val = (images, local labels)."""
     tx = step_lib.make_optimizer()
     step = step_lib.make_cohort_step(module, tx, strategy, None, diverge_loss_factor)
     x_all = jax.device_put(dataset.x_train)
     gi, local = task_indices(dataset.y_train, classes)
-
-    def train(group):
+    names, out = list(starts), {}
+    for c in range(0, len(names), slots):
+        group = names[c:c + slots]
         states = [step_lib.init_model_state(tx, starts[n], "adam", learning_rate, 0.0) for n in group]
         state = jax.device_put(step_lib.stack(states + [states[0]] * (slots - len(group))))
         active = np.arange(slots)[None] < len(group)  # [1, slots]: padding slots stay untouched
@@ -38,11 +38,6 @@ def curves(module, starts, dataset, classes, val, *, epochs, learning_rate, batc
             current = {k: jax.tree_util.tree_map(np.asarray, state[k]) for k in ("params", "batch_stats")}
             z = inference.logits_stack(module, current, val[0])
             acc[target] = inference.scores_stack(z, val[1])[1]
-        return {n: [float(acc[e][m]) for e in epochs] for m, n in enumerate(group)}
-
-    names = list(starts)
-    groups = [names[c:c + slots] for c in range(0, len(names), slots)]
-    out = {}
-    for result in zoo_stage.in_threads(train, groups, workers):
-        out.update(result)
-    return {n: out[n] for n in names}
+        for m, n in enumerate(group):
+            out[n] = [float(acc[e][m]) for e in epochs]
+    return out

@@ -254,8 +254,7 @@ def evaluate_task(ctx, classes, kind, targets, key):
             ctx.module, starts, ctx.dataset, classes, prompt["val"], epochs=f.epochs,
             learning_rate=f.learning_rate, batch_size=f.batch_size, seed=cfg.seed,
             strategy=strategy, slots=1 if strategy == "sequential" else int(z.cohort_size),
-            diverge_loss_factor=float(z.train.diverge_loss_factor),
-            workers=zoo_stage.resolve_workers(z, jax.device_count()))
+            diverge_loss_factor=float(z.train.diverge_loss_factor))
     return records, at_median
 
 
