@@ -80,8 +80,8 @@ def test_evaluate_fine_tunes_sane_samples_where_the_workdir_has_a_sane_stage(pip
     sane_config.train.update(steps=10, warmup_steps=2, checkpoint_every=5)  # decodes; need not be good
     run_stage(sane_config, workdir)
     config = demo.get_config("tiny").evaluate  # the pipeline test fine-tunes; here epoch 0 only
-    config.num_train_tasks, config.samplers, config.no_selection = 0, ("path",), "path"
-    config.finetune.epochs = (0,)
+    config.num_train_tasks, config.num_held_out_tasks = 0, 1
+    config.samplers, config.no_selection, config.finetune.epochs = ("path",), "path", (0,)
     run_stage(config, workdir)
     finetune = json.load(open(os.path.join(workdir, "evaluate", "metrics.json")))["held_out"]["finetune"]
     assert set(finetune) == {"sample", "copy", "shared_init", "random_init", "sane"}
