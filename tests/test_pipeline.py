@@ -87,6 +87,8 @@ def test_evaluate_fine_tunes_sane_samples_where_the_workdir_has_a_sane_stage(pip
     assert set(finetune) == {"sample", "copy", "shared_init", "random_init", "sane"}
     assert all(len(v) == len(config.finetune.epochs) and np.isfinite(v).all() for v in finetune.values())
     assert "| sane |" in open(os.path.join(workdir, "evaluate", "report.md")).read()
+    # its outputs depend on sane/: a retrained sane stage makes a rerun refuse, not pass silently
+    assert "sane" in json.load(open(os.path.join(workdir, "evaluate", "fingerprint.json")))["inputs"]
 
 
 def test_a_different_request_changes_the_sample(pipeline):

@@ -31,10 +31,15 @@ INPUTS = {"pca": ("zoo",), "ae": ("pca",), "align": ("ae",), "generator": ("pca"
           "bench_properties": ("zoo",)}
 
 
-def inputs(stage, config):
-    """INPUTS of `stage`, plus align/ where the config uses the thesis sampler."""
+def inputs(stage, config, workdir):
+    """INPUTS of `stage`, plus align/ where the config uses the thesis sampler, and sane/ where
+    evaluate fine-tunes SANE's samples (enabled, and a finished sane stage in `workdir`: its
+    metrics.json is written last)."""
     thesis = config.get("sampler") == "thesis" or "thesis" in config.get("samplers", ())
-    return INPUTS.get(stage, ()) + (("align",) if stage in ("sample", "evaluate") and thesis else ())
+    sane = (stage == "evaluate" and config.get("sane", {}).get("enabled")
+            and os.path.exists(os.path.join(workdir, "sane", "metrics.json")))
+    return (INPUTS.get(stage, ()) + (("align",) if stage in ("sample", "evaluate") and thesis else ())
+            + (("sane",) if sane else ()))
 # Stages whose settings do not pin their directory (sample keeps one directory per request,
 # named by its settings; a benchmark rewrites its results each run): only inputs are compared.
 UNPINNED_STAGES = frozenset(("sample", "bench_zoo", "bench_pca", "bench_properties"))
@@ -89,7 +94,7 @@ def current(workdir, stage):
 def fingerprint(stage, config, workdir):
     """The record of this run: settings, the recorded fingerprints of its inputs, and their hash."""
     recorded = {upstream: current(workdir, upstream)["fingerprint"]
-                for upstream in inputs(stage, config)}
+                for upstream in inputs(stage, config, workdir)}
     record = dict(settings={} if stage in UNPINNED_STAGES else settings(config), inputs=recorded)
     digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
     return dict(fingerprint=digest[:16], **record)
