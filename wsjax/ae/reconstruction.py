@@ -19,6 +19,7 @@ from wsjax.common import io
 from wsjax.evaluate import metrics
 from wsjax.models import bn, inference
 from wsjax.zoo import snapshots
+from wsjax.zoo import step as step_lib
 
 VARIANTS = ("pca+ae", "pca", "copy", "mean")
 
@@ -58,7 +59,7 @@ def evaluate(workdir, eval_cfg, *, p, ae, coeffs, rows, dataset, module, selecte
                    original_accuracy=metrics.accuracy(ref_real, yv),
                    copy_model_id=rows[near]["model_id"])
         # every variant and its recalibrated twin as one stack [2V]: batched calls, not 4V
-        plain = jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *nets.values())
+        plain = step_lib.stack(list(nets.values()))
         recal = bn.recalibrate_stack(module, plain, xt, num_batches=eval_cfg.recal_batches,
                                      batch_size=eval_cfg.recal_batch_size)
         both = jax.tree_util.tree_map(lambda a, b: np.concatenate([a, np.asarray(b)]), plain, recal)
