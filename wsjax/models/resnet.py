@@ -20,9 +20,12 @@ IM2COL_MAX_WIDTH = 8  # 'auto' on CPU: im2col up to this width (faster measured 
 
 
 class Im2colConv(nn.Module):
-    """nn.Conv without bias (same 'kernel' [kh, kw, in, out], init and padding) as one matmul
-    over the kh * kw shifted slices of the padded input. XLA:CPU runs the tiny convolutions of a
-    width-4 ResNet far below its matmul rate; as a matmul they run faster, vmapped over models too."""
+    """nn.Conv without bias (same 'kernel' [kh, kw, in, out] and init), 'same' padding, on
+    channels-first activations [C, N, H, W], as one matmul: [out, kh * kw * C] x [kh * kw * C, N * H * W].
+    The rows of the right factor are the flattened input shifted by each tap's offset (long
+    contiguous copies), zeroed where the tap falls in the padding. XLA:CPU runs the tiny
+    convolutions of a width-4 ResNet far below its matmul rate, and channels-last copies of 4-wide
+    rows slowly; this form keeps every copy, reduction and elementwise op on long rows."""
     features: int
     kernel_size: tuple
     strides: int = 1
@@ -32,13 +35,29 @@ class Im2colConv(nn.Module):
     @nn.compact
     def __call__(self, x):
         kh, kw = self.kernel_size
-        kernel = self.param("kernel", nn.linear.default_kernel_init,
-                            (kh, kw, x.shape[-1], self.features), jnp.float32)
+        c, n, h, w = x.shape
+        require(kh == kw and kh % 2 == 1 and self.padding == (kh - 1) // 2,
+                f"Im2colConv computes square, odd, 'same'-padded kernels, got {self.kernel_size} "
+                f"with padding {self.padding}")
+        kernel = self.param("kernel", nn.linear.default_kernel_init, (kh, kw, c, self.features), jnp.float32)
         p, s = self.padding, self.strides
-        x = jnp.pad(x.astype(self.dtype), ((0, 0), (p, p), (p, p), (0, 0)))
-        h, w = (x.shape[1] - kh) // s + 1, (x.shape[2] - kw) // s + 1
-        cols = [x[:, i:i + s * (h - 1) + 1:s, j:j + s * (w - 1) + 1:s] for i in range(kh) for j in range(kw)]
-        return jnp.concatenate(cols, -1) @ kernel.astype(self.dtype).reshape(-1, self.features)
+        x = x.astype(self.dtype)
+        if p == 0:
+            cols = x
+        else:
+            flat = jnp.pad(x.reshape(c, -1), ((0, 0), (p * w + p, p * w + p)))
+            yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+            cols = []
+            for di in range(-p, p + 1):
+                for dj in range(-p, p + 1):
+                    start = (di + p) * w + dj + p
+                    tap = flat[:, start:start + n * h * w].reshape(c, n, h, w)
+                    inside = (0 <= yy + di) & (yy + di < h) & (0 <= xx + dj) & (xx + dj < w)
+                    cols.append(tap if inside.all() else tap * inside.astype(tap.dtype))  # [h, w] mask
+            cols = jnp.stack(cols).reshape(kh * kw * c, n, h, w)
+        cols = cols[:, :, ::s, ::s].reshape(kh * kw * c, -1)
+        y = kernel.astype(self.dtype).reshape(-1, self.features).T @ cols
+        return y.reshape(self.features, n, -(-h // s), -(-w // s))
 
 
 def conv_layer(kind, dtype):
@@ -46,6 +65,12 @@ def conv_layer(kind, dtype):
     if kind == "im2col":
         return functools.partial(Im2colConv, dtype=dtype)
     return functools.partial(nn.Conv, use_bias=False, dtype=dtype)
+
+
+def batch_norm(kind, train, dtype):
+    """nn.BatchNorm over the feature axis of `kind`'s layout: channels-first for im2col."""
+    return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                             dtype=dtype, axis=0 if kind == "im2col" else -1)
 
 
 class BasicBlock(nn.Module):
@@ -59,13 +84,12 @@ class BasicBlock(nn.Module):
     def __call__(self, x, train):
         act = getattr(nn, self.activation)
         conv = conv_layer(self.conv, self.dtype)
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                                 epsilon=1e-5, dtype=self.dtype)
+        norm = batch_norm(self.conv, train, self.dtype)
         y = conv(self.features, (3, 3), self.strides, padding=1, name="conv1")(x)
         y = act(norm(name="bn1")(y))
         y = conv(self.features, (3, 3), 1, padding=1, name="conv2")(y)
         y = norm(name="bn2")(y)
-        if self.strides != 1 or x.shape[-1] != self.features:
+        if self.strides != 1 or x.shape[0 if self.conv == "im2col" else -1] != self.features:
             x = conv(self.features, (1, 1), self.strides, name="down_conv")(x)
             x = norm(name="down_bn")(x)
         return act(x + y)
@@ -84,21 +108,28 @@ class ResNet18(nn.Module):
         """Logits [B, num_classes]; with `features=True`, pooled features [B, 8 * width]."""
         x = x.astype(self.dtype)
         conv = conv_layer(self.conv, self.dtype)
+        spatial = (1, 2)  # of channels-last [B, H, W, C]
+        if self.conv == "im2col":  # channels-first [C, B, H, W] throughout
+            x, spatial = x.transpose(3, 0, 1, 2), (2, 3)
         if self.stem == "imagenet":
             x = conv(self.width, (7, 7), 2, padding=3, name="conv1")(x)
         else:
             x = conv(self.width, (3, 3), 1, padding=1, name="conv1")(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                         dtype=self.dtype, name="bn1")(x)
+        x = batch_norm(self.conv, train, self.dtype)(name="bn1")(x)
         x = getattr(nn, self.activation)(x)
-        if self.stem == "imagenet":
-            x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+        if self.stem == "imagenet":  # 3x3/2 max-pool, padding 1, over the spatial axes
+            window = tuple(3 if a in spatial else 1 for a in range(4))
+            x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window,
+                                      tuple(2 if a in spatial else 1 for a in range(4)),
+                                      tuple((1, 1) if a in spatial else (0, 0) for a in range(4)))
         for stage, mult in enumerate((1, 2, 4, 8)):
             for block in range(2):
                 strides = 2 if stage > 0 and block == 0 else 1
                 x = BasicBlock(self.width * mult, strides, self.dtype, self.activation, self.conv,
                                name=f"layer{stage + 1}_{block}")(x, train)
-        x = jnp.mean(x, axis=(1, 2))
+        x = jnp.mean(x, axis=spatial)
+        if self.conv == "im2col":
+            x = x.T
         if features:
             return x.astype(jnp.float32)
         return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x).astype(jnp.float32)
