@@ -12,6 +12,9 @@ def get_config(arg=None):
     c.stage = "evaluate"
     c.preset = preset
     c.seed = 0
+    # class sets evaluated at once by threads (0 = auto: 2 on CPU with one device, else 1); each
+    # set's records are the same either way (its own key); one small ResNet's ops keep one core
+    c.workers = 0
     c.num_train_tasks = 4        # class sets of held-out (val/test) zoo models; train models saw them
     c.num_held_out_tasks = 8     # held-out class sets (never seen by a zoo model)
     # requested val losses: quantiles of the train zoo's snapshot val losses

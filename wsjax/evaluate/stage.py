@@ -13,6 +13,7 @@ Every network is BN-recalibrated on the task's train images. Writes workdir/eval
 """
 import json
 import os
+import threading
 
 import jax
 import numpy as np
@@ -74,7 +75,7 @@ class Context:
     """The zoo, its coefficients and every generator, loaded once."""
 
     def __init__(self, config, workdir):
-        self.config, self.workdir, self._models = config, workdir, {}
+        self.config, self.workdir, self._models, self._lock = config, workdir, {}, threading.Lock()
         zoo_config = self.zoo_config = config_lib.load(workdir, "zoo")
         step_lib.enable_compile_cache(zoo_config.get("compile_cache", ""))  # the zoo's train step
         self.dataset = data.load(zoo_config.data)
@@ -133,8 +134,9 @@ class Context:
     def snapshot(self, i):
         """The variables of row i; each model's stacked checkpoint is read once."""
         r = self.rows[i]
-        if r["model_id"] not in self._models:
-            self._models[r["model_id"]] = snapshots.load_snapshots(self.workdir, r["model_id"])
+        with self._lock:  # class sets are evaluated in threads; Orbax restores one at a time
+            if r["model_id"] not in self._models:
+                self._models[r["model_id"]] = snapshots.load_snapshots(self.workdir, r["model_id"])
         return step_lib.unstack(self._models[r["model_id"]], self._index[(r["model_id"], r["snapshot"])])
 
     def copy(self, classes, target):
@@ -334,10 +336,14 @@ def run(config, workdir):
     records, at_median = [], []
     key = jax.random.key(config.seed)
     tasks = [(c, "held_out") for c in held_sets] + [(c, "train") for c in train_sets]
-    for j, (classes, kind) in enumerate(tqdm(tasks, desc="evaluate class sets", unit="set")):
-        recs, med = evaluate_task(ctx, classes, kind, targets, jax.random.fold_in(key, j))
-        records += recs
-        at_median.append(med)
+    with tqdm(total=len(tasks), desc="evaluate class sets", unit="set") as pbar:
+        def one(j):
+            out = evaluate_task(ctx, *tasks[j], targets, jax.random.fold_in(key, j))
+            pbar.update(1)
+            return out
+        for recs, med in zoo_stage.in_threads(one, range(len(tasks)), zoo_stage.resolve_workers(config, 1)):
+            records += recs
+            at_median.append(med)
     results = summarise(records, at_median, config.samplers, config.no_selection)
     results["same_class_set_agreement"] = same_set_agreement(ctx, config.num_held_out_tasks)
     results["targets"] = targets
