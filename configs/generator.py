@@ -16,6 +16,7 @@ def get_config(arg=None):
     c.loss_bumps = ml_collections.ConfigDict(dict(num=8, width=0.5))  # radial bumps on log loss
     # the path's achieved-loss curve: paths of each fold's class sets predicted without them
     c.cross_fit = ml_collections.ConfigDict(dict(folds=4))
+    c.workers = 0           # cross-fitted paths measured at once by threads (0 = auto: 2 on one CPU)
     c.recalibrate = ml_collections.ConfigDict(dict(num_batches=4, batch_size=64))
     c.flow = ml_collections.ConfigDict(dict(
         hidden=512, depth=3, steps=2000, batch_size=128, learning_rate=1e-3,

@@ -26,6 +26,7 @@ from wsjax.common.config import require
 from wsjax.generator import features, flow, linear, select
 from wsjax.generator import path as path_lib
 from wsjax.zoo import snapshots
+from wsjax.zoo import stage as zoo_stage
 
 STAGE = "generator"
 
@@ -72,14 +73,17 @@ def cross_fit(config, cls, z, sets, achieved):
     folds = int(config.cross_fit.folds)
     fold, composable = data.composable_folds(unique, folds, np.random.default_rng(config.seed))
     out_val, out_train, feats = {}, {}, {}
+    workers = zoo_stage.resolve_workers(config, 1)
     for f in range(folds):
-        test = {s for s, k in zip(unique, fold) if k == f}
+        test = sorted(s for s, k in zip(unique, fold) if k == f)
         keep = np.array([s not in test for s in sets])
         ridge = path_lib.fit_latent(cls[keep], z[keep], config.l2)
-        for s in sorted(test):
-            feats[s] = cls[sets.index(s)]
-            path = path_lib.predict_latent(ridge, feats[s][None], z.shape[1])[0]
-            out_train[s], out_val[s] = achieved(s, path)
+        feats.update({s: cls[sets.index(s)] for s in test})
+        measured = zoo_stage.in_threads(
+            lambda s: achieved(s, path_lib.predict_latent(ridge, feats[s][None], z.shape[1])[0]),
+            test, workers)
+        for s, (train_losses, val_losses) in zip(test, measured):
+            out_train[s], out_val[s] = train_losses, val_losses
     return (np.stack([feats[s] for s in unique]), np.log([out_val[s] for s in unique]),
             np.log([out_train[s] for s in unique]), composable)
 
