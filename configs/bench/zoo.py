@@ -29,6 +29,12 @@ def get_config(arg=None):
     c.num_models = 8
     c.steps = 40           # timed steps per model
     c.matmul_size = 2048   # the peak-FLOP/s reference matmul is [n, n] x [n, n] fp32
+    # The zoo stage run on num_models models for its split of training, snapshot evaluation and
+    # saving time: this zoo config's schedule and splits, the benchmark's data, tasks, model,
+    # trainer (strategy, cohort_size, workers, steps_per_call), seed and num_models.
+    c.zoo_split = True
+    c.zoo_run = z
+    c.zoo_run.model_splits.update(val=1, test=1)
     # The printed ESTIMATE of a thesis-size zoo's training time (XLA's FLOP count, no run).
     c.estimate = ml_collections.ConfigDict(dict(
         zoo=zoo.get_config("imagenet"),
@@ -39,6 +45,7 @@ def get_config(arg=None):
     ))
     if preset == "tiny":
         c.num_models = 4
+        c.zoo_run.train.snapshot_steps = (0, 4)
         c.steps = 16
         c.matmul_size = 1024
     elif preset == "accelerator":
@@ -52,6 +59,7 @@ def get_config(arg=None):
         c.cohort_size = 64
         c.num_models = 128
         c.matmul_size = 8192
+        c.zoo_split = False  # no embedded-MNIST zoo run at this size
     elif preset != "default":
         raise ValueError(f"unknown bench_zoo preset {preset!r}: use 'tiny', 'default' or 'accelerator'")
     return c

@@ -9,6 +9,7 @@ import numpy as np
 
 from configs.bench import zoo as bench_configs
 from wsjax.zoo import bench
+from wsjax.zoo import snapshots
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -41,6 +42,7 @@ _LOWER = """
 import jax, json, numpy as np
 from configs.bench import zoo
 from wsjax.zoo import bench
+from wsjax.zoo import snapshots
 c = zoo.get_config('accelerator'); c.model.width = 8; c.cohort_size = 2
 compiled, state, batch = bench.lower_cohort_step(c, (64, 64, 1))
 out_state, loss = compiled.out_info
@@ -68,3 +70,19 @@ def test_accelerator_preset_lowers_and_compiles_over_eight_devices():
     assert r["loss"] == [[1, 16], "float32", "P(None, 'models')"]
     kernels = [row for row in r["rows"] if row[0].endswith("['kernel']") and "params" in row[0]]
     assert kernels and all(row[2] == "float32" for row in kernels)       # bf16 compute, fp32 params
+
+
+def test_tiny_run_writes_its_ratio_peak_share_and_the_zoo_stages_time_split(tmp_path):
+    config = bench_configs.get_config("tiny")
+    config.steps, config.matmul_size = 4, 256
+    res = bench.run(config, str(tmp_path))
+    with open(tmp_path / "bench_zoo" / "results.json") as f:
+        assert json.load(f) == json.loads(json.dumps(res))
+    assert res["ratio"] == res["batched_img_s"] / res["sequential_img_s"] and res["ratio"] > 0
+    assert 0 < res["batched_peak_share"] < 1 and res["train_flops_per_image"] > 0
+    z = res["zoo_stage"]
+    assert z["models"] == 4 and z["wall_seconds"] > 0
+    assert all(z[f"{k}_seconds"] > 0 for k in ("training", "evaluation", "saving"))
+    assert np.isclose(sum(z[f"{k}_share"] for k in ("training", "evaluation", "saving")), 1.0)
+    rows = snapshots.read_manifest(str(tmp_path / "bench_zoo" / "zoo_run"))
+    assert len({r["model_id"] for r in rows}) == 4 and {r["step"] for r in rows} >= {0, 4}

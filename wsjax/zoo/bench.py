@@ -1,7 +1,10 @@
 """Stage `bench_zoo`: the same N models trained (a) one after another, each by a single-model jitted
 step, and (b) by the batched zoo step; img/s, ratio, FLOPs/img (XLA cost analysis), GFLOP/s and the
-share of a large fp32 matmul's peak measured in the same run -> workdir/bench_zoo/results.json."""
+share of a large fp32 matmul's peak measured in the same run, and the zoo stage's own split of
+training, snapshot evaluation and saving time on those models -> workdir/bench_zoo/results.json."""
+import json
 import os
+import shutil
 import time
 
 import jax
@@ -14,6 +17,7 @@ from wsjax.common import config as config_lib
 from wsjax.common import io
 from wsjax.common.config import require
 from wsjax.zoo import init as init_lib
+from wsjax.zoo import snapshots
 from wsjax.zoo import step as step_lib
 from wsjax.zoo import stage as zoo_stage
 
@@ -147,6 +151,29 @@ def bench_batched(module, tx, variables, x, batches, strategy, cohort, steps_per
     return steps * n * b / (time.perf_counter() - t0), t_compile
 
 
+def zoo_split(config, workdir):
+    """Seconds of training, snapshot evaluation and saving (summed over the zoo's threads, as its
+    cohorts log them, compiles included) when the zoo stage builds `config.num_models` models
+    with the benchmark's data, model and trainer in workdir/bench_zoo/zoo_run; and their shares."""
+    zoo = config.zoo_run.copy_and_resolve_references()
+    for k in ("seed", "data", "tasks", "model", "strategy", "cohort_size", "workers", "steps_per_call",
+              "compile_cache", "num_models"):
+        zoo[k] = config[k]
+    zoo.train.batch_size = config.batch_size
+    run_dir = os.path.join(config_lib.stage_dir(workdir, "bench_zoo"), "zoo_run")
+    shutil.rmtree(run_dir, ignore_errors=True)  # timed from scratch on every run
+    t0 = time.perf_counter()
+    zoo_stage.run(zoo, run_dir)
+    wall = time.perf_counter() - t0
+    with open(os.path.join(snapshots.zoo_dir(run_dir), "log.jsonl")) as f:
+        lines = [json.loads(line) for line in f]
+    seconds = {k: sum(line[f"{k}_seconds"] for line in lines) for k in zoo_stage.SPENT}
+    total = sum(seconds.values())
+    return dict(models=int(zoo.num_models), wall_seconds=wall,
+                **{f"{k}_seconds": v for k, v in seconds.items()},
+                **{f"{k}_share": v / total for k, v in seconds.items()})
+
+
 def run(config, workdir):
     """Runs the benchmark of `config` (configs/bench/zoo.py) and writes results.json."""
     require(config.num_models >= 1, f"config.num_models must be >= 1, got {config.num_models}")
@@ -189,7 +216,8 @@ def run(config, workdir):
         train_flops_per_image=flops, sequential_gflop_s=seq * flops / 1e9,
         batched_gflop_s=bat * flops / 1e9, matmul_peak_gflop_s=peak,
         batched_peak_share=bat * flops / 1e9 / peak, sequential_peak_share=seq * flops / 1e9 / peak,
-        estimate=estimate_zoo(config.estimate))
+        estimate=estimate_zoo(config.estimate),
+        zoo_stage=zoo_split(config, workdir) if config.zoo_split else None)
     io.write_json(os.path.join(config_lib.stage_dir(workdir, "bench_zoo"), "results.json"), res, indent=2)
     print(f"bench_zoo {res['backend']} w{res['width']} {res['resolution']}px b{b} N={n}: "
           f"sequential[{baseline.conv}] {seq:.0f} img/s, "
@@ -198,6 +226,11 @@ def run(config, workdir):
           f"{config.steps_per_call} steps/call] {bat:.0f} img/s, ratio {bat / seq:.2f}x, "
           f"{flops / 1e6:.2f} MFLOP/img, {res['batched_gflop_s']:.1f} GFLOP/s = "
           f"{100 * res['batched_peak_share']:.1f}% of matmul peak {peak:.0f} GFLOP/s")
+    if res["zoo_stage"]:
+        z = res["zoo_stage"]
+        print(f"bench_zoo zoo stage, {z['models']} models in {z['wall_seconds']:.0f} s: "
+              + ", ".join(f"{k} {z[k + '_seconds']:.0f} s ({100 * z[k + '_share']:.0f}%)"
+                          for k in zoo_stage.SPENT) + " (summed over threads, compiles included)")
     e, c = res["estimate"], config.estimate
     print(f"ESTIMATE (XLA FLOP count, not a measurement): the '{e['zoo_preset']}' zoo trains "
           f"{e['train_images']:.3g} images x {e['train_flops_per_image'] / 1e9:.3f} GFLOP = "

@@ -233,7 +233,7 @@ def _add_losses(traj, pending):
     pending.clear()
 
 
-_SPENT = ("training", "evaluation", "saving")
+SPENT = ("training", "evaluation", "saving")
 
 
 @contextlib.contextmanager
@@ -316,7 +316,7 @@ def train_cohort(ctx, members, cid, pbar=None):
         with ctx.lock:
             _log(workdir, dict(cohort=cid, epoch=epoch + 1, models=[s.model_id for s in members],
                                images_per_sec=images / dt, seconds=dt,
-                               **{f"{k}_seconds": spent[k] - before[k] for k in _SPENT}))
+                               **{f"{k}_seconds": spent[k] - before[k] for k in SPENT}))
             if pbar is not None:
                 pbar.set_postfix(cohort=cid[:9], epoch=f"{epoch + 1}/{last}", img_s=f"{images / dt:.0f}")
                 pbar.update(len(finished))
@@ -428,5 +428,5 @@ def run(config, workdir):
         threads = f"summed over {ctx.workers} threads, " if ctx.workers > 1 else ""
         other = "" if threads else f", other {total - sum(spent.values()):.0f} s"
         print(f"zoo: {len(specs) - done} models in {total:.0f} s: "
-              + ", ".join(f"{k} {spent[k]:.0f} s" for k in _SPENT) + f" ({threads}compiles included){other}")
+              + ", ".join(f"{k} {spent[k]:.0f} s" for k in SPENT) + f" ({threads}compiles included){other}")
     return snapshots.read_manifest(workdir)
