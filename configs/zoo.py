@@ -39,9 +39,10 @@ def get_config(arg=None):
         # drawn uniformly per model from 'relu' | 'gelu' | 'tanh'; a cohort holds one activation
         # (one compiled step each); the stages after pca need one activation per zoo
         activations=("relu",),
-        # 'xla' (lax.conv) | 'im2col' (one matmul per conv; same parameters) | 'auto': im2col on
-        # one CPU device up to width 8 (1.3x a train step, 1.4x inference at width 4, 16 px), else
-        # xla; only xla gives bitwise the same zoo on any number of devices or processes
+        # 'xla' (lax.conv) | 'im2col' (channels-first activations, one matmul per conv; same
+        # parameters) | 'auto': im2col on one CPU device up to width 8 (a width-4 train step at
+        # 16 px ran 1.3-1.9x faster and on one core; inference about as fast), else xla; only
+        # xla gives bitwise the same zoo on any number of devices or processes
         conv="auto",
     ))
     c.init = "shared"      # 'shared' | 'per_model' | 'pretrained'

@@ -16,7 +16,8 @@ ACTIVATIONS = ("relu", "gelu", "tanh")  # flax.linen functions of these names
 
 
 CONVS = ("xla", "im2col")
-IM2COL_MAX_WIDTH = 8  # 'auto' on CPU: im2col up to this width (faster measured at 4-8, slower at 16+)
+IM2COL_MAX_WIDTH = 8  # 'auto' on CPU: im2col up to this width (measured faster at 4; the channels-
+                      # last form it replaced was slower at 16+; the channels-first one is unmeasured there)
 
 
 class Im2colConv(nn.Module):
