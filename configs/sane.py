@@ -16,12 +16,16 @@ def get_config(arg=None):
     c.tokens = ml_collections.ConfigDict(dict(
         token_size=292,        # values per token: a width-4 ResNet-18's widest channel (3*3*32 + 4 BN)
         window=64,             # tokens per training window (the sequence has ~300 at width 4)
+        # each block's inner channels matched to a reference network's before tokenising (weight
+        # matching): embeddings are invariant to those channel permutations by construction
+        align=True,
     ))
     c.model = ml_collections.ConfigDict(dict(
         dim=64, latent_dim=32, projection_dim=32, encoder_layers=2, decoder_layers=2,
         num_heads=4, mlp_ratio=2))
     c.augment = ml_collections.ConfigDict(dict(
-        permute=True,          # function-preserving channel permutation, a fresh one per view
+        permute=False,         # a function-preserving channel permutation per view (the SANE
+                               # paper's invariance by augmentation; only with tokens.align=False)
         noise=0.05,            # Gaussian noise on normalised tokens (x their std)
         erase_probability=0.5,  # random erasing of a contiguous span of the window
         erase_fraction=0.25,   # ... of at most this share of its tokens

@@ -1,11 +1,18 @@
 """Stage 'sane': SANE-style encoder of the zoo's weights (seed 004).
 
     sane/checkpoints/     Orbax CheckpointManager of the training state (resume point)
-    sane/params/          Orbax: the selected parameters and the token normalisation statistics
+    sane/params/          Orbax: the selected parameters, the token normalisation statistics and
+                          the alignment's reference network
     sane/embeddings.npz   z [S, latent_dim] of every zoo snapshot (manifest order), model_id,
                           snapshot, split, status
     sane/log.jsonl        training and val-model metrics
     sane/metrics.json     selection, timings, and how far a channel permutation moves an embedding
+
+With `tokens.align` (the default) every network is first aligned to a reference, the earliest
+snapshot of the first train model (under a shared init, the init): each block's inner channels
+matched to its by weight matching (`tokens.align_channels`), so an embedding is invariant to
+those channel permutations by construction rather than by augmentation, as in the SANE paper;
+`metrics.json`'s `aligned_unchanged` is the share of snapshots the alignment left as they were.
 
 Trained on train-split snapshots; the checkpoint is the one with the lowest loss on val-split
 models (a fixed key, so the number is comparable across checkpoints). Batches and keys are pure
@@ -55,6 +62,9 @@ def check_config(config):
     require(0 <= t.warmup_steps < t.steps,
             f"config.train.warmup_steps must be in [0, steps), got {t.warmup_steps}")
     require(t.learning_rate > 0, f"config.train.learning_rate must be > 0, got {t.learning_rate}")
+    require(not (config.tokens.align and a.permute),
+            "config.tokens.align and config.augment.permute are both on: aligned networks never "
+            "show the encoder a permuted view, so train on none (augment.permute=False)")
     _positive("augment", "noise", a.noise, least=0)
     for name in ("erase_probability", "erase_fraction"):
         require(0 <= a[name] <= 1, f"config.augment.{name} must be in [0, 1], got {a[name]}")
@@ -74,10 +84,11 @@ def paths(workdir):
 class Codec:
     """The trained SANE: `embed(stacked variables [N, ...])` -> [N, latent_dim] (the mean over
     tokens), `latents` -> per-token latents [N, T, latent_dim], `decode(latents)` -> stacked
-    variables shaped like `template`; the sequence is covered by consecutive windows."""
+    variables shaped like `template`; the sequence is covered by consecutive windows. With a
+    `reference` network, inputs are first aligned to it (`tokens.align_channels`)."""
 
-    def __init__(self, module, params, layout, mean, std, window, template):
-        self.module, self.params, self.layout = module, params, layout
+    def __init__(self, module, params, layout, mean, std, window, template, reference=None):
+        self.module, self.params, self.layout, self.reference = module, params, layout, reference
         template = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.float32), template)
         self.window = min(window, layout.num_tokens)
         norm = (jnp.asarray(mean), jnp.asarray(std))
@@ -86,6 +97,8 @@ class Codec:
                                                  template))
 
     def latents(self, stacked, chunk=64):
+        if self.reference is not None:
+            stacked = tokens_lib.align_channels(jax.device_get(stacked), self.reference)
         return inference.map_chunks(self._latents, stacked, chunk)
 
     def embed(self, stacked, chunk=64):
@@ -261,6 +274,13 @@ def train(config, out, state, loss_fn, schedule, stacked, idx):
                                 directory=out["checkpoints"], log_path=out["log"], stage=STAGE)
 
 
+def unchanged_share(a, b):
+    """Share of the stacked networks that are the same in `a` and `b`."""
+    same = [np.all(x.reshape(len(x), -1) == y.reshape(len(y), -1), axis=1)
+            for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))]
+    return float(np.all(same, axis=0).mean())
+
+
 def permutation_check(codec, stacked, idx, seed):
     """How far a function-preserving channel permutation moves the embedding of the snapshots
     `idx`, relative to the distance to the nearest other snapshot and to the median pair."""
@@ -288,7 +308,8 @@ def load(workdir):
     layout = tokens_lib.layout(template, config.tokens.token_size)
     module = model_lib.build(config, layout)
     params = jax.tree_util.tree_map(jnp.asarray, saved["params"])
-    return Codec(module, params, layout, saved["mean"], saved["std"], config.tokens.window, template)
+    return Codec(module, params, layout, saved["mean"], saved["std"], config.tokens.window, template,
+                 saved.get("reference"))
 
 
 def load_embeddings(workdir):
@@ -323,6 +344,11 @@ def run(config, workdir):
     if selected_on == "train":
         logging.warning("sane: fewer than 2 val-split snapshots; the checkpoint is selected on train")
 
+    reference, raw = None, stacked
+    if config.tokens.align:  # the earliest snapshot of the first train model: a shared init's init
+        first = min(idx["train"], key=lambda i: (rows[i]["step"], i))
+        reference = jax.tree_util.tree_map(lambda x: np.array(x[first]), stacked)
+        stacked = tokens_lib.align_channels(stacked, reference)
     layout = tokens_lib.layout(take(stacked, 0), config.tokens.token_size)
     mean, std = token_statistics(layout, stacked, idx["train"])
     module = model_lib.build(config, layout)
@@ -338,9 +364,10 @@ def run(config, workdir):
     best_params, best_val, best_step = train(config, out, state, loss_fn, schedule, stacked, idx)
     train_seconds = time.time() - tic
 
-    checkpoints.save(out["params"], dict(params=best_params, mean=mean, std=std))
+    saved = dict(params=best_params, mean=mean, std=std)
+    checkpoints.save(out["params"], saved if reference is None else dict(saved, reference=reference))
     codec = load(workdir)
-    z = codec.embed(stacked)
+    z = codec.embed(raw)
     io.savez(out["embeddings"], z=z, model_id=np.array([r["model_id"] for r in rows]),
              snapshot=np.array([r["snapshot"] for r in rows]), split=split,
              status=np.array([r["status"] for r in rows]))
@@ -348,8 +375,9 @@ def run(config, workdir):
     metrics = dict(selected_on=selected_on, best_val_loss=best_val, best_step=best_step,
                    num_tokens=layout.num_tokens, token_size=layout.token_size, window=window,
                    num_params=int(sum(x.size for x in jax.tree_util.tree_leaves(best_params))),
-                   permutation=permutation_check(codec, stacked, held_out if len(held_out) >= 2
+                   permutation=permutation_check(codec, raw, held_out if len(held_out) >= 2
                                                  else idx["train"], config.seed),
+                   aligned_unchanged=None if reference is None else unchanged_share(stacked, raw),
                    train_seconds=train_seconds, stage_seconds=time.time() - start_time)
     io.write_json(out["metrics"], metrics)
     logging.info("sane: done in %.1f s (best val loss %.4f at step %d; permutation moves an "

@@ -10,6 +10,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.optimize
 
 _BLOCK_LAYERS = (("conv1", "bn1"), ("conv2", "bn2"), ("down_conv", "down_bn"))
 
@@ -113,22 +114,60 @@ def detokenize(tokens, template):
     return dict(params=params, batch_stats=stats)
 
 
-def permute_channels(variables, key):
-    """The same function with each residual block's inner channels permuted: conv1's output
-    channels, bn1's parameters and statistics, and conv2's input channels, one random permutation
-    per block. (The residual stream's channels are left alone: permuting them would have to be one
-    permutation across a whole stage, its shortcuts and the next stage.)"""
+def _blocks(params):
+    return sorted(k for k in params if k.startswith("layer"))
+
+
+def permute_blocks(variables, perms):
+    """The same function with each residual block's inner channels reordered: channel j of the
+    result is channel perms[block][j] of `variables` (conv1's output channels, bn1's parameters and
+    statistics, conv2's input channels). (The residual stream's channels are left alone: permuting
+    them would have to be one permutation across a whole stage, its shortcuts and the next stage.)"""
     out = jax.tree_util.tree_map(lambda x: x, variables)  # fresh nested dicts, same leaves
     params, stats = out["params"], out["batch_stats"]
-    blocks = sorted(k for k in params if k.startswith("layer"))
-    for i, block in enumerate(blocks):
-        p, s = params[block], stats[block]
-        perm = jax.random.permutation(jax.random.fold_in(key, i), p["conv1"]["kernel"].shape[-1])
+    for block in _blocks(params):
+        p, s, perm = params[block], stats[block], perms[block]
         p["conv1"] = dict(kernel=p["conv1"]["kernel"][..., perm])
         p["bn1"] = {k: v[perm] for k, v in p["bn1"].items()}
         s["bn1"] = {k: v[perm] for k, v in s["bn1"].items()}
         p["conv2"] = dict(kernel=p["conv2"]["kernel"][:, :, perm, :])
     return out
+
+
+def permute_channels(variables, key):
+    """`permute_blocks` with one random permutation per block (jittable; vmap for a stack)."""
+    params = variables["params"]
+    return permute_blocks(variables, {
+        block: jax.random.permutation(jax.random.fold_in(key, i), params[block]["conv1"]["kernel"].shape[-1])
+        for i, block in enumerate(_blocks(params))})
+
+
+def _inner_channels(variables, block):
+    """[..., C, n]: each inner channel's values in `block` (conv1 column, bn1, conv2 row)."""
+    p, s = variables["params"][block], variables["batch_stats"][block]
+    k1, k2 = np.asarray(p["conv1"]["kernel"]), np.asarray(p["conv2"]["kernel"])
+    lead = k1.shape[:-4]
+    c = k1.shape[-1]
+    cols = np.moveaxis(k1.reshape(lead + (-1, c)), -1, -2)  # [..., C, 9 * c_in]
+    rows = np.moveaxis(k2, -2, -4).reshape(lead + (c, -1))  # [..., C, 9 * c_out]
+    bn = [np.asarray(t[name])[..., None] for t in (p["bn1"], s["bn1"]) for name in sorted(t)]
+    return np.concatenate([cols, rows] + bn, axis=-1)
+
+
+def align_channels(stacked, reference):
+    """`stacked` networks [N, ...] (host arrays) with each block's inner channels reordered to
+    best match `reference` (one network): per network and block, the linear assignment (Hungarian)
+    that maximises the summed dot products of matched channels' values (weight matching, Ainsworth
+    et al. 2023). It undoes any `permute_blocks` of a network exactly (ties aside), so whatever
+    reads aligned networks is invariant to those permutations; in a shared-init zoo the match is
+    (nearly) always the identity."""
+    perms = {}
+    for block in _blocks(reference["params"]):
+        ref = _inner_channels(reference, block)                      # [C, n]
+        sim = _inner_channels(stacked, block) @ ref.T                # [N, C, C]
+        # the reference's channel j takes the network's channel matched to it
+        perms[block] = np.stack([scipy.optimize.linear_sum_assignment(-m.T)[1] for m in sim])
+    return jax.tree_util.tree_map(np.asarray, jax.vmap(permute_blocks)(stacked, perms))
 
 
 def erase(tokens, mask, key, probability, max_fraction):
