@@ -46,6 +46,7 @@ def get_config(arg=None):
         num_real=24,               # real train images of the model's own task, per model
         num_noise=8,               # Gaussian-noise images, per model
     ))
+    c.workers = 0                  # held-out models scored at once by threads (0 = auto: 2 on one CPU)
     c.eval = ml_collections.ConfigDict(dict(
         splits=("test", "val"),    # held-out models evaluated (final snapshots)
         num_noise=256,             # Gaussian inputs shared by all models

@@ -10,6 +10,8 @@ Every split is summarised apart: the AE's checkpoint is selected on val models, 
 models score it without bias; `selection` names the split each choice was made on.
 """
 
+import threading
+
 import jax
 import numpy as np
 from tqdm import tqdm
@@ -19,15 +21,17 @@ from wsjax.common import io
 from wsjax.evaluate import metrics
 from wsjax.models import bn, inference
 from wsjax.zoo import snapshots
+from wsjax.zoo import stage as zoo_stage
 from wsjax.zoo import step as step_lib
 
 VARIANTS = ("pca+ae", "pca", "copy", "mean")
 
 
-def evaluate(workdir, eval_cfg, *, p, ae, coeffs, rows, dataset, module, selected_on, seed=0):
+def evaluate(workdir, eval_cfg, *, p, ae, coeffs, rows, dataset, module, selected_on, seed=0, workers=1):
     """dict with, per split of `eval_cfg.splits`, the variants' mean real/noise agreement, cosine,
     pearson and accuracy; per-model rows; and `selection` (the split each choice was made on,
-    the AE checkpoint's being `selected_on`). `coeffs`, `rows`: pca.load_coeffs and its rows."""
+    the AE checkpoint's being `selected_on`). `coeffs`, `rows`: pca.load_coeffs and its rows.
+    Models are scored `workers` at a time in threads, with the same results."""
     co = coeffs["coeffs"]
     ok = coeffs["status"] == "ok"
     final = coeffs["snapshot"] == "final"
@@ -35,24 +39,31 @@ def evaluate(workdir, eval_cfg, *, p, ae, coeffs, rows, dataset, module, selecte
     held = np.flatnonzero(ok & final & np.isin(coeffs["split"], list(eval_cfg.splits)))
     rng = np.random.default_rng(seed)
     noise = rng.normal(size=(eval_cfg.num_noise,) + dataset.image_shape).astype(np.float32)
+    # the train images' order per model, drawn in model order before any thread starts
+    orders = [rng.permutation(len(data.task_split(dataset, rows[i]["classes"], "train")[0])) for i in held]
     mean_vars = jax.tree_util.tree_map(np.asarray, pca.decode(p, co[train].mean(0)))
     recon = np.asarray(ae.decode(ae.encode(co[held]))) if len(held) else np.zeros((0, co.shape[1]))
-    per_model = []
-    for n, i in enumerate(tqdm(held, desc="reconstruction eval", unit="model", leave=False)):
+    lock = threading.Lock()
+
+    def load(model_id):
+        with lock:  # Orbax restores one at a time
+            return snapshots.load_variables(workdir, model_id, "final")
+
+    def score(n):
+        i = held[n]
         r = rows[i]
         xv, yv = data.task_split(dataset, r["classes"], "val")
         if eval_cfg.max_val_images:
             xv, yv = xv[:eval_cfg.max_val_images], yv[:eval_cfg.max_val_images]
-        xt, _ = data.task_split(dataset, r["classes"], "train")
-        xt = xt[rng.permutation(len(xt))]
+        xt = data.task_split(dataset, r["classes"], "train")[0][orders[n]]
         near = train[int(np.argmin(np.linalg.norm(co[train] - co[i], axis=1)))]
         nets = {
             "pca+ae": pca.decode(p, recon[n]),
             "pca": pca.decode(p, co[i]),
-            "copy": snapshots.load_variables(workdir, rows[near]["model_id"], "final"),
+            "copy": load(rows[near]["model_id"]),
             "mean": mean_vars,
         }
-        original = snapshots.load_variables(workdir, r["model_id"], "final")
+        original = load(r["model_id"])
         ref_real = inference.logits(module, original, xv)
         ref_noise = inference.logits(module, original, noise)
         out = dict(model_id=r["model_id"], split=r["split"], classes=list(r["classes"]),
@@ -70,7 +81,11 @@ def evaluate(workdir, eval_cfg, *, p, ae, coeffs, rows, dataset, module, selecte
             res.update({f"noise_{k}": x for k, x in metrics.logit_metrics(ref_noise, z_noise).items()})
             res["accuracy"] = metrics.accuracy(z_real, yv)
             out[key] = res
-        per_model.append(out)
+        pbar.update(1)
+        return out
+
+    with tqdm(total=len(held), desc="reconstruction eval", unit="model", leave=False) as pbar:
+        per_model = zoo_stage.in_threads(score, range(len(held)), workers)
     splits = list(eval_cfg.splits)
     return dict(splits=splits, **{s: _summary([m for m in per_model if m["split"] == s]) for s in splits},
                 selection=dict(checkpoint=selected_on, copy="train", mean="train", pca="train"),
