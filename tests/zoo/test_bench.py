@@ -42,7 +42,6 @@ _LOWER = """
 import jax, json, numpy as np
 from configs.bench import zoo
 from wsjax.zoo import bench
-from wsjax.zoo import snapshots
 c = zoo.get_config('accelerator'); c.model.width = 8; c.cohort_size = 2
 compiled, state, batch = bench.lower_cohort_step(c, (64, 64, 1))
 out_state, loss = compiled.out_info

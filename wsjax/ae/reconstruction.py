@@ -17,11 +17,10 @@ import numpy as np
 from tqdm import tqdm
 
 from wsjax import data, pca
-from wsjax.common import io
+from wsjax.common import io, threads
 from wsjax.evaluate import metrics
 from wsjax.models import bn, inference
 from wsjax.zoo import snapshots
-from wsjax.zoo import stage as zoo_stage
 from wsjax.zoo import step as step_lib
 
 VARIANTS = ("pca+ae", "pca", "copy", "mean")
@@ -85,7 +84,7 @@ def evaluate(workdir, eval_cfg, *, p, ae, coeffs, rows, dataset, module, selecte
         return out
 
     with tqdm(total=len(held), desc="reconstruction eval", unit="model", leave=False) as pbar:
-        per_model = zoo_stage.in_threads(score, range(len(held)), workers)
+        per_model = threads.in_threads(score, range(len(held)), workers)
     splits = list(eval_cfg.splits)
     return dict(splits=splits, **{s: _summary([m for m in per_model if m["split"] == s]) for s in splits},
                 selection=dict(checkpoint=selected_on, copy="train", mean="train", pca="train"),

@@ -26,12 +26,11 @@ from wsjax import data, models, pca
 from wsjax.ae import losses, reconstruction
 from wsjax.ae import model as model_lib
 from wsjax.common import config as config_lib
-from wsjax.common import io, loop
+from wsjax.common import io, loop, threads
 from wsjax.common import checkpoints
 from wsjax.common.config import require
 from wsjax.models import inference
 from wsjax.zoo import snapshots
-from wsjax.zoo import stage as zoo_stage
 
 STAGE = "ae"
 
@@ -303,7 +302,7 @@ def run(config, workdir):
     io.savez(out["latents"], z=z, model_id=co["model_id"], snapshot=co["snapshot"], split=co["split"])
     results = reconstruction.evaluate(workdir, config.eval, p=p, ae=ae, coeffs=co, rows=rows,
                                       dataset=dataset, module=net, selected_on=selected_on,
-                                      seed=config.seed, workers=zoo_stage.resolve_workers(config, 1))
+                                      seed=config.seed, workers=threads.workers(config))
     results["ae"] = dict(best_val_loss=best_val, selected_on=selected_on, train_seconds=train_seconds,
                          stage_seconds=time.time() - start_time, num_coeffs=p.num_coeffs,
                          latent_dim=int(config.model.latent_dim))

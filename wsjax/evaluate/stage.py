@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from wsjax import ae, align, data, generator, sane
 from wsjax.common import config as config_lib
-from wsjax.common import io
+from wsjax.common import io, threads
 from wsjax.common import checkpoints as ckpt
 from wsjax.common.config import require
 from wsjax.evaluate import finetune, metrics, report
@@ -341,7 +341,7 @@ def run(config, workdir):
             out = evaluate_task(ctx, *tasks[j], targets, jax.random.fold_in(key, j))
             pbar.update(1)
             return out
-        for recs, med in zoo_stage.in_threads(one, range(len(tasks)), zoo_stage.resolve_workers(config, 1)):
+        for recs, med in threads.in_threads(one, range(len(tasks)), threads.workers(config)):
             records += recs
             at_median.append(med)
     results = summarise(records, at_median, config.samplers, config.no_selection)

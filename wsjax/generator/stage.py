@@ -21,12 +21,11 @@ import numpy as np
 
 from wsjax import data, models, pca
 from wsjax.common import config as config_lib
-from wsjax.common import io, checkpoints
+from wsjax.common import io, checkpoints, threads
 from wsjax.common.config import require
 from wsjax.generator import features, flow, linear, select
 from wsjax.generator import path as path_lib
 from wsjax.zoo import snapshots
-from wsjax.zoo import stage as zoo_stage
 
 STAGE = "generator"
 
@@ -73,13 +72,13 @@ def cross_fit(config, cls, z, sets, achieved):
     folds = int(config.cross_fit.folds)
     fold, composable = data.composable_folds(unique, folds, np.random.default_rng(config.seed))
     out_val, out_train, feats = {}, {}, {}
-    workers = zoo_stage.resolve_workers(config, 1)
+    workers = threads.workers(config)
     for f in range(folds):
         test = sorted(s for s, k in zip(unique, fold) if k == f)
         keep = np.array([s not in test for s in sets])
         ridge = path_lib.fit_latent(cls[keep], z[keep], config.l2)
         feats.update({s: cls[sets.index(s)] for s in test})
-        measured = zoo_stage.in_threads(
+        measured = threads.in_threads(
             lambda s: achieved(s, path_lib.predict_latent(ridge, feats[s][None], z.shape[1])[0]),
             test, workers)
         for s, (train_losses, val_losses) in zip(test, measured):

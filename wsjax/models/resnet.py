@@ -68,10 +68,15 @@ def conv_layer(kind, dtype):
     return functools.partial(nn.Conv, use_bias=False, dtype=dtype)
 
 
+def feature_axis(kind):
+    """The channel axis of activations under convolution `kind`: channels-first for im2col."""
+    return 0 if kind == "im2col" else -1
+
+
 def batch_norm(kind, train, dtype):
-    """nn.BatchNorm over the feature axis of `kind`'s layout: channels-first for im2col."""
+    """nn.BatchNorm over the feature axis of `kind`'s layout."""
     return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                             dtype=dtype, axis=0 if kind == "im2col" else -1)
+                             dtype=dtype, axis=feature_axis(kind))
 
 
 class BasicBlock(nn.Module):
@@ -90,7 +95,7 @@ class BasicBlock(nn.Module):
         y = act(norm(name="bn1")(y))
         y = conv(self.features, (3, 3), 1, padding=1, name="conv2")(y)
         y = norm(name="bn2")(y)
-        if self.strides != 1 or x.shape[0 if self.conv == "im2col" else -1] != self.features:
+        if self.strides != 1 or x.shape[feature_axis(self.conv)] != self.features:
             x = conv(self.features, (1, 1), self.strides, name="down_conv")(x)
             x = norm(name="down_bn")(x)
         return act(x + y)

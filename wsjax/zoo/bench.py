@@ -14,7 +14,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from wsjax import data, models
 from wsjax.common import config as config_lib
-from wsjax.common import io
+from wsjax.common import io, threads
 from wsjax.common.config import require
 from wsjax.zoo import init as init_lib
 from wsjax.zoo import snapshots
@@ -147,7 +147,7 @@ def bench_batched(module, tx, variables, x, batches, strategy, cohort, steps_per
         jax.block_until_ready(s)
 
     t0 = time.perf_counter()
-    zoo_stage.in_threads(train, range(len(chunks)), workers)
+    threads.in_threads(train, range(len(chunks)), workers)
     return steps * n * b / (time.perf_counter() - t0), t_compile
 
 
@@ -194,7 +194,7 @@ def run(config, workdir):
     x = dataset.x_train
     strategy = zoo_stage.resolve_strategy(config)
     cohort = 1 if strategy == "sequential" else int(config.cohort_size)
-    workers = zoo_stage.resolve_workers(config, 1)
+    workers = threads.workers(config)
     step_lib.enable_compile_cache(config.get("compile_cache", ""))
     peak = matmul_peak(int(config.matmul_size))
     x_dev = jnp.asarray(x)

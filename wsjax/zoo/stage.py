@@ -22,7 +22,6 @@ process 0's. A cohort's checkpoint is named by its members and slot count, so a 
 number of devices keeps every finished model and retrains the unfinished cohorts from their init.
 """
 import collections
-import concurrent.futures
 import contextlib
 import dataclasses
 import json
@@ -39,7 +38,7 @@ from absl import logging
 from tqdm import tqdm
 
 from wsjax import data, models
-from wsjax.common import distributed, checkpoints
+from wsjax.common import distributed, checkpoints, threads
 from wsjax.common.config import ConfigError, require
 from wsjax.data.tasks import format_classes
 from wsjax.models import inference
@@ -50,35 +49,11 @@ from wsjax.zoo import snapshots
 
 
 def resolve_strategy(config):
-    """'auto' -> vmap on GPU/TPU; on CPU one model per step, cohorts in threads (`resolve_workers`):
+    """'auto' -> vmap on GPU/TPU; on CPU one model per step, cohorts in threads (`threads.workers`):
     faster there than unrolling or vmapping models into one step (bench_zoo)."""
     if config.strategy != "auto":
         return config.strategy
     return "vmap" if jax.default_backend() in ("gpu", "tpu") else "sequential"
-
-
-def resolve_workers(config, num_devices):
-    """Cohorts trained at once: config.workers, or (0) 2 on CPU with one device and process, else 1."""
-    workers = int(config.get("workers", 0))
-    require(workers <= 1 or not distributed.is_multiprocess(),
-            f"config.workers={workers}: under several processes cohorts run one at a time (every "
-            "process must take part in each save, in the same order); use 0 or 1")
-    if workers:
-        return workers
-    single = num_devices == 1 and not distributed.is_multiprocess()
-    return 2 if jax.default_backend() == "cpu" and single else 1
-
-
-def in_threads(fn, items, workers):
-    """[fn(item) for item in items], `workers` at a time in threads (XLA runs without the GIL). On
-    an error or Ctrl-C nothing new starts; the running items finish (cohorts are resumable)."""
-    if workers <= 1:
-        return [fn(item) for item in items]
-    pool = concurrent.futures.ThreadPoolExecutor(workers)
-    try:
-        return list(pool.map(fn, items))
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def plan_cohorts(specs, size):
@@ -380,7 +355,7 @@ def prepare(config, workdir):
     return Setup(
         config=config, workdir=workdir, dataset=dataset, specs=specs, modules=modules, mesh=mesh,
         num_devices=num_devices, cohort_models=size, slots=-(-size // num_devices) * num_devices,
-        workers=resolve_workers(config, num_devices), lock=threading.Lock(),
+        workers=threads.workers(config, num_devices), lock=threading.Lock(),
         task_idx=task_idx,
         steps_per_epoch=steps_per_epoch,
         schedules={s.model_id: hparams.snapshot_schedule(config, s, steps_per_epoch[s.model_id])
@@ -417,7 +392,7 @@ def run(config, workdir):
             if not os.path.isdir(os.path.join(cohort_root, cid)):
                 cohort, cid = pending, cohort_id(pending, ctx.slots)
             jobs.append((cohort, cid))
-        for s in in_threads(lambda job: train_cohort(ctx, *job, pbar), jobs, ctx.workers):
+        for s in threads.in_threads(lambda job: train_cohort(ctx, *job, pbar), jobs, ctx.workers):
             spent += s
     if distributed.is_primary():
         shutil.rmtree(cohort_root, ignore_errors=True)
@@ -425,8 +400,8 @@ def run(config, workdir):
     distributed.barrier("zoo manifest written")
     total = time.time() - t0
     if distributed.is_primary():
-        threads = f"summed over {ctx.workers} threads, " if ctx.workers > 1 else ""
-        other = "" if threads else f", other {total - sum(spent.values()):.0f} s"
+        summed = f"summed over {ctx.workers} threads, " if ctx.workers > 1 else ""
+        other = "" if summed else f", other {total - sum(spent.values()):.0f} s"
         print(f"zoo: {len(specs) - done} models in {total:.0f} s: "
-              + ", ".join(f"{k} {spent[k]:.0f} s" for k in SPENT) + f" ({threads}compiles included){other}")
+              + ", ".join(f"{k} {spent[k]:.0f} s" for k in SPENT) + f" ({summed}compiles included){other}")
     return snapshots.read_manifest(workdir)
