@@ -28,7 +28,7 @@ def get_config(arg=None):
     c.compile_cache = ""   # timings include compilation honestly: no persistent cache
     c.num_models = 8
     c.steps = 40           # timed steps per model
-    c.matmul_size = 2048   # the peak-FLOP/s reference matmul is [n, n] x [n, n] fp32
+    c.matmul_size = 2048   # the peak-FLOP/s reference matmul is [n, n] x [n, n] in model.dtype
     # The zoo stage run on num_models models for its split of training, snapshot evaluation and
     # saving time: this zoo config's schedule and splits, the benchmark's data, tasks, model,
     # trainer (strategy, cohort_size, workers, steps_per_call), seed and num_models.
