@@ -16,7 +16,8 @@ def get_config(arg=None):
         # each seed draws its own held-out class sets, CV folds and MLP inits: mean ± std over them
         seeds=(0, 1, 2),
         held_out_fraction=0.25,   # class sets whose models are all held out of probe training
-        representations=("weight_stats", "pca", "ae", "sane"),  # those whose stage ran are used
+        # those whose stage ran are used (weight_stats and delta_stats need none)
+        representations=("weight_stats", "delta_stats", "pca", "ae", "sane"),
         pca_components=64,        # 'pca': top directions of the train rows' PCA coefficients
         properties=("val_accuracy", "val_loss", "generalisation_gap", "step", "learning_rate"),
         categorical=("optimizer", "init_method", "activation"),  # skipped if absent or one class

@@ -2,14 +2,19 @@ import json
 import os
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
 from configs import pca as pca_configs
 from configs.bench import properties as bench_configs
 from wsjax import stages
+from wsjax.properties import bench
 from wsjax.properties import probes
 from wsjax.properties import representations as reps
+from wsjax.sane import tokens
+from wsjax.zoo import snapshots
+from wsjax.zoo import step as step_lib
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +35,20 @@ def test_weight_statistics_are_mean_std_and_quantiles_of_each_leaf():
     assert out.shape == (2, 14)
     np.testing.assert_allclose(out[1, :7], [9.0, 2 * x.std(), 0, 4.5, 9, 13.5, 18], rtol=1e-6)
     np.testing.assert_allclose(out[:, 7:], [[1, 0, 1, 1, 1, 1, 1]] * 2)
+
+
+def test_delta_statistics_measure_from_the_reference_and_ignore_channel_permutations(fake_zoo):
+    reference = snapshots.load_variables(fake_zoo, 0, "final")
+    variables = snapshots.load_variables(fake_zoo, 3, "final")
+    permuted = tokens.permute_channels(variables, jax.random.key(1))
+    out = reps.delta_statistics(step_lib.stack([variables, permuted, reference]), reference)
+    leaves = len(jax.tree_util.tree_leaves(reference))
+    assert out.shape == (3, 8 * leaves)
+    np.testing.assert_allclose(out[1], out[0], atol=1e-6)  # aligned before the difference
+    np.testing.assert_array_equal(out[2], 0)               # the reference is where it starts
+    distance = np.log1p([np.linalg.norm(a - b) for a, b in zip(jax.tree_util.tree_leaves(variables),
+                                                               jax.tree_util.tree_leaves(reference))])
+    np.testing.assert_allclose(out[0, 7 * leaves:], distance, rtol=1e-5)
 
 
 def test_group_folds_keep_each_class_set_in_one_fold():
@@ -56,7 +75,7 @@ def test_tiny_benchmark_writes_results_per_representation_and_property(bench_wor
     out = os.path.join(bench_workdir, "bench_properties")
     with open(os.path.join(out, "results.json")) as f:
         results = json.load(f)
-    assert set(results) == {"weight_stats", "pca"}  # no ae or sane stage ran here
+    assert set(results) == {"weight_stats", "delta_stats", "pca"}  # no ae or sane stage ran here
     for cells in results.values():
         # the fake zoo has one learning rate and one optimizer: nothing to predict there
         assert set(cells) == {"val_accuracy", "val_loss", "generalisation_gap", "step"}
@@ -65,5 +84,22 @@ def test_tiny_benchmark_writes_results_per_representation_and_property(bench_wor
     with open(os.path.join(out, "details.json")) as f:
         details = json.load(f)
     assert details["skipped"] == ["ae", "sane"] and set(details["inputs"]) == {"zoo", "pca"}
+    assert set(details["noise_ceiling"]) == set(bench.MEASURED)
+    assert all(0 <= c["r2"] <= 1 for c in details["noise_ceiling"].values())
     assert os.path.exists(os.path.join(out, "report.md"))
     assert os.path.exists(os.path.join(out, "predicted_vs_true.png"))
+
+
+def test_noise_ceiling_is_the_share_of_variance_that_is_not_noise():
+    # each half measures a true score with noise of variance 1; the full measurement (the mean
+    # of the halves) has noise variance 1/2, so true variance 1 is 1 / 1.5 of its variance
+    rng = np.random.default_rng(0)
+    true = rng.normal(size=(200_000, 1))
+    halves = dict(val_loss=true + rng.normal(size=(200_000, 2)), train_loss=np.zeros((200_000, 2)))
+    mask = np.ones(200_000, bool)
+    assert abs(bench.noise_ceiling(halves, "val_loss", mask) - 1 / 1.5) < 0.01
+    assert abs(bench.noise_ceiling(halves, "generalisation_gap", mask) - 1 / 1.5) < 0.01
+    halves["val_loss"] = np.repeat(true, 2, axis=1)  # noiseless halves: nothing hides the score
+    assert bench.noise_ceiling(halves, "val_loss", mask) > 0.999
+    halves["val_loss"] = np.stack([true[:, 0], -true[:, 0]], 1)  # halves that disagree: no signal
+    assert bench.noise_ceiling(halves, "val_loss", mask) == 0.0

@@ -36,6 +36,7 @@ STAGE = "bench_properties"
 SCORED_ON = ("held_out_class_sets", "held_out_models")
 REGRESSION = ("val_accuracy", "val_loss", "generalisation_gap", "step", "learning_rate")
 LOG_SCORED = ("val_loss", "step", "learning_rate")  # also scored as R² of their logs
+MEASURED = ("val_accuracy", "val_loss", "generalisation_gap")  # on finitely many images; the rest exact
 
 
 def check_config(config):
@@ -55,41 +56,62 @@ def check_config(config):
             "config.ridge.alphas must be positive numbers")
 
 
-def snapshot_train_scores(workdir, rows, num_images, cache):
-    """([N] train loss, [N] train accuracy) of each snapshot of `rows`, in inference mode on the
-    first `num_images` train images of its task: the zoo's own train_loss is a running minibatch
-    mean in train mode since the previous snapshot, not a property of the snapshot. Cached in
-    `cache` under the zoo's fingerprint."""
+def snapshot_scores(workdir, rows, num_images, cache):
+    """{'train_loss': [N], 'halves': {'train_loss' | 'val_loss' | 'val_accuracy': [N, 2]}} of each
+    snapshot of `rows`, in inference mode: its loss on the first `num_images` train images of its
+    task (the zoo's own train_loss is a running minibatch mean in train mode since the previous
+    snapshot, not a property of the snapshot), and each score on the even- and odd-indexed
+    halves of those images and of the task's val images (`noise_ceiling`). Cached in `cache`
+    under the zoo's fingerprint."""
     from wsjax import data, models
     from wsjax.models import inference
     fingerprint = contract.current(workdir, "zoo")["fingerprint"]
+    names = ("train_loss", "val_loss", "val_accuracy")
     if os.path.exists(cache):
         with np.load(cache) as f:
-            if str(f["zoo"]) == fingerprint and int(f["num_images"]) == num_images:
-                return f["loss"], f["accuracy"]
+            if str(f["zoo"]) == fingerprint and int(f["num_images"]) == num_images and "val_loss" in f:
+                return dict(train_loss=f["loss"], halves={n: f[n] for n in names})
     zoo = config_lib.load(workdir, "zoo")
     dataset, module = data.load(zoo.data), models.build(zoo.model, zoo.tasks.k)
     index = snapshots.snapshot_index(snapshots.read_manifest(workdir))
-    loss, accuracy = np.empty(len(rows)), np.empty(len(rows))
+    loss, halves = np.empty(len(rows)), {n: np.empty((len(rows), 2)) for n in names}
     by_model = {}
     for i, r in enumerate(rows):
         by_model.setdefault(r["model_id"], []).append(i)
     for model_id, members in tqdm(by_model.items(), desc="bench_properties: train scores", unit="model",
                                   leave=False):
-        x, y = data.task_split(dataset, rows[members[0]]["classes"], "train")
         stacked = snapshots.load_snapshots(workdir, model_id)
-        z = inference.logits_stack(module, stacked, x[:num_images])
-        model_loss, model_accuracy = inference.scores_stack(z, y[:num_images])
+        out = {}
+        for split in ("train", "val"):
+            x, y = data.task_split(dataset, rows[members[0]]["classes"], split)
+            x, y = (x[:num_images], y[:num_images]) if split == "train" else (x, y)
+            z = inference.logits_stack(module, stacked, x)
+            out[split] = inference.scores_stack(z, y)[0]
+            out[split + "_halves"] = [inference.scores_stack(z[:, h::2], y[h::2]) for h in (0, 1)]
         for i in members:
             j = index[(model_id, rows[i]["snapshot"])]
-            loss[i], accuracy[i] = model_loss[j], model_accuracy[j]
-    io.savez(cache, loss=loss, accuracy=accuracy, zoo=fingerprint, num_images=num_images)
-    return loss, accuracy
+            loss[i] = out["train"][j]
+            halves["train_loss"][i] = [h[0][j] for h in out["train_halves"]]
+            halves["val_loss"][i] = [h[0][j] for h in out["val_halves"]]
+            halves["val_accuracy"][i] = [h[1][j] for h in out["val_halves"]]
+    io.savez(cache, loss=loss, zoo=fingerprint, num_images=num_images, **halves)
+    return dict(train_loss=loss, halves=halves)
+
+
+def noise_ceiling(halves, name, mask):
+    """The R² ceiling of any predictor of property `name` on the rows of `mask`, set by the
+    sampling noise of its measurement on finitely many images: the Spearman-Brown reliability
+    2r / (1 + r) of the full measurement, r the correlation of its two half-measurements (the
+    share of its variance that is not noise; 0 where the halves do not correlate); `name` one of
+    MEASURED."""
+    a = halves["val_loss"] - halves["train_loss"] if name == "generalisation_gap" else halves[name]
+    r = np.corrcoef(a[mask, 0], a[mask, 1])[0, 1]
+    return float(max(0.0, 2 * r / (1 + r)))
 
 
 def target(rows, name, train_loss):
     """[N] values of property `name`; generalisation_gap = val_loss - train_loss, both of the
-    snapshot itself in inference mode (`train_loss`: snapshot_train_scores)."""
+    snapshot itself in inference mode (`train_loss`: snapshot_scores)."""
     if name == "generalisation_gap":
         return np.array([r["val_loss"] for r in rows]) - train_loss
     return np.array([r[name] for r in rows], np.float64)
@@ -200,6 +222,10 @@ def table(summary, props):
     return "\n".join(lines)
 
 
+def ceiling_line(ceiling):
+    return ", ".join(f"{p} {c['r2']:.3f} ± {c['r2_std']:.3f}" for p, c in ceiling.items())
+
+
 def plot(path, values, per_seed_predictions, held, props):
     """Predicted vs true on the held-out class sets (seed 0, best probe): properties x representations."""
     import matplotlib
@@ -245,13 +271,14 @@ def run(config, workdir):
         logging.info("bench_properties: %s features %s in %.1f s", n, raw[n].shape, time.time() - tic)
     inputs = {s: contract.current(workdir, s)["fingerprint"]
               for s in ["zoo"] + [reps.OUTPUTS[n][0] for n in names if n in reps.OUTPUTS]}
-    train_loss, _ = snapshot_train_scores(workdir, rows, b.train_images,
-                                          os.path.join(out_dir, "train_scores.npz"))
-    values = {p: target(rows, p, train_loss) for p in b.properties}
+    measured = snapshot_scores(workdir, rows, b.train_images, os.path.join(out_dir, "train_scores.npz"))
+    values = {p: target(rows, p, measured["train_loss"]) for p in b.properties}
 
-    per_seed, predictions, props = [], None, None
+    per_seed, ceilings, predictions, props = [], [], None, None
     for seed in b.seeds:
         m = masks(rows, seed, b.held_out_fraction)
+        ceilings.append({p: noise_ceiling(measured["halves"], p, m["held_out_class_sets"])
+                         for p in values if p in MEASURED})
         require(m["train"].sum() >= 2 and m["held_out_class_sets"].any(),
                 f"the zoo in {workdir} leaves too few train or held-out rows at "
                 f"held_out_fraction={b.held_out_fraction}")
@@ -278,10 +305,12 @@ def run(config, workdir):
 
     summary = {kind: summarise(per_seed, kind) for kind in SCORED_ON}
     regression = [p for p in props if p in REGRESSION]
+    ceiling = {p: dict(r2=float(np.mean([c[p] for c in ceilings])),
+                       r2_std=float(np.std([c[p] for c in ceilings]))) for p in ceilings[0]}
     io.write_json(os.path.join(out_dir, "results.json"), summary["held_out_class_sets"])
     io.write_json(os.path.join(out_dir, "details.json"), dict(
         seeds=list(b.seeds), representations=names, skipped=skipped, inputs=inputs,
-        summary=summary, per_seed=per_seed, num_snapshots=len(rows),
+        summary=summary, per_seed=per_seed, noise_ceiling=ceiling, num_snapshots=len(rows),
         seconds=time.time() - start))
     report = [f"# Property prediction ({len(rows)} snapshots, seeds {list(b.seeds)}, mean ± std)", ""]
     for kind in SCORED_ON:
@@ -290,11 +319,16 @@ def run(config, workdir):
     report += [f"generalisation_gap = val_loss - train_loss of the snapshot, the train loss on the first "
                f"{b.train_images} train images of its task in inference mode. R² on the original scale; "
                "r2_log (details.json) on log(value + shift) for positive properties.", "",
+               "Noise ceiling (held-out class sets): the most R² any predictor can reach, the share of "
+               "each measured property's variance that is not the sampling noise of its finitely many "
+               "images (split-half reliability, Spearman-Brown): "
+               + ceiling_line(ceiling), "",
                "![](predicted_vs_true.png)", ""]
     io.write_text(os.path.join(out_dir, "report.md"), "\n".join(report))
     plot(os.path.join(out_dir, "predicted_vs_true.png"), values, predictions[0], predictions[1], regression)
     print("bench_properties: held-out class sets, R² (Kendall τ) / accuracy, "
           f"mean ± std over seeds {list(b.seeds)}")
     print(table(summary["held_out_class_sets"], props))
+    print("bench_properties: noise ceiling (R² no predictor can pass): " + ceiling_line(ceiling))
     logging.info("bench_properties: done in %.1f s", time.time() - start)
     return summary

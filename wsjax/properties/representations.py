@@ -2,6 +2,10 @@
 
     weight_stats   per leaf (every parameter and BatchNorm statistic): mean, std and the 0, 25,
                    50, 75 and 100 % quantiles of its values (Unterthiner et al. 2020)
+    delta_stats    the same statistics of each network's difference to the zoo's reference (its
+                   earliest train snapshot, under a shared init the init), after aligning its
+                   channels to the reference as the sane stage does, and each leaf's distance to
+                   it: how far, and how, training moved it
     pca            the first `num_components` principal directions of the pca stage's
                    coefficients (concatenated over parameters), fitted on the rows given
     ae             the ae stage's latent
@@ -14,12 +18,14 @@ import numpy as np
 
 from wsjax.common import contract
 from wsjax.common.config import require
+from wsjax.sane import tokens
 from wsjax.zoo import snapshots
 
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 # Representations read from another stage: that stage and the file it writes them to.
 OUTPUTS = {"pca": ("pca", "coeffs.npz"), "ae": ("ae", "latents.npz"), "sane": ("sane", "embeddings.npz")}
-NAMES = ("weight_stats", "pca", "ae", "sane")
+NAMES = ("weight_stats", "delta_stats", "pca", "ae", "sane")
+COMPUTED = ("weight_stats", "delta_stats")  # from the zoo's snapshots, needing no other stage
 
 
 def weight_statistics(stacked):
@@ -32,15 +38,36 @@ def weight_statistics(stacked):
     return np.concatenate(out, axis=1)
 
 
-def zoo_weight_statistics(workdir, rows):
-    """weight_statistics of every snapshot of `rows` (manifest rows), in their order."""
+def delta_statistics(stacked, reference):
+    """[N, 8 x leaves] of stacked variables [N, ...] aligned to `reference` (one network):
+    weight_statistics of their differences to it, then per leaf log(1 + L2 distance)."""
+    delta = jax.tree_util.tree_map(lambda x, r: np.asarray(x, np.float32) - r[None],
+                                   tokens.align_channels(stacked, reference), reference)
+    distance = [np.log1p(np.linalg.norm(np.reshape(d, (len(d), -1)), axis=1))[:, None]
+                for d in jax.tree_util.tree_leaves(delta)]
+    return np.concatenate([weight_statistics(delta)] + distance, axis=1)
+
+
+def reference_network(workdir, rows):
+    """The earliest train snapshot among manifest `rows` (the first by step, then row order):
+    the sane stage's alignment reference; under a shared init, the init."""
+    first = min((r for r in rows if r["split"] == "train"), key=lambda r: r["step"])
+    index = snapshots.snapshot_index(snapshots.read_manifest(workdir))
+    j = index[(first["model_id"], first["snapshot"])]
+    return jax.tree_util.tree_map(lambda x: np.asarray(x[j]),
+                                  snapshots.load_snapshots(workdir, first["model_id"]))
+
+
+def zoo_statistics(workdir, rows, statistics):
+    """statistics(stacked) [n, F] of every snapshot of `rows` (manifest rows), in their order,
+    read one model's snapshots at a time."""
     index = snapshots.snapshot_index(snapshots.read_manifest(workdir))
     by_model = {}
     for i, r in enumerate(rows):
         by_model.setdefault(r["model_id"], []).append((i, index[(r["model_id"], r["snapshot"])]))
     out = None
     for model_id, pairs in by_model.items():
-        stats = weight_statistics(snapshots.load_snapshots(workdir, model_id))
+        stats = statistics(snapshots.load_snapshots(workdir, model_id))
         out = np.empty((len(rows), stats.shape[1]), np.float32) if out is None else out
         for i, j in pairs:
             out[i] = stats[j]
@@ -64,7 +91,7 @@ def pca_projection(coeffs, fit_idx, num_components):
 
 
 def available(workdir, names):
-    """The representations of `names` whose stage has finished in `workdir` (weight_stats always)."""
+    """The representations of `names` whose stage has finished in `workdir` (COMPUTED always)."""
     return [n for n in names if n not in OUTPUTS or os.path.exists(os.path.join(workdir, *OUTPUTS[n]))]
 
 
@@ -72,7 +99,10 @@ def load(workdir, name, rows):
     """Raw features [N, F] of representation `name` for manifest `rows` (pca: all coefficients;
     the projection is fitted per split by the caller)."""
     if name == "weight_stats":
-        return zoo_weight_statistics(workdir, rows)
+        return zoo_statistics(workdir, rows, weight_statistics)
+    if name == "delta_stats":
+        reference = reference_network(workdir, rows)
+        return zoo_statistics(workdir, rows, lambda stacked: delta_statistics(stacked, reference))
     contract.current(workdir, OUTPUTS[name][0])  # built from the zoo that is there now
     if name == "pca":
         from wsjax import pca
