@@ -1,3 +1,4 @@
+import csv
 import json
 import os
 import shutil
@@ -9,6 +10,9 @@ import pytest
 from configs import pca as pca_configs
 from configs.bench import properties as bench_configs
 from wsjax import stages
+from wsjax.common import config as config_lib
+from wsjax.data import datasets, tasks
+from wsjax.models import inference
 from wsjax.properties import bench
 from wsjax.properties import probes
 from wsjax.properties import representations as reps
@@ -51,6 +55,36 @@ def test_delta_statistics_measure_from_the_reference_and_ignore_channel_permutat
     np.testing.assert_allclose(out[0, 7 * leaves:], distance, rtol=1e-5)
 
 
+def test_snapshot_scores_apply_each_model_with_its_own_activation(fake_zoo, tmp_path):
+    # the fake zoo with model 3 declared a tanh network (its weights stay the ReLU ones)
+    workdir = str(tmp_path / "work")
+    shutil.copytree(fake_zoo, workdir)
+    path = os.path.join(workdir, "zoo", "models.csv")
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["activation"] = "tanh" if r["model_id"] == "3" else r["activation"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    config_path = os.path.join(workdir, "zoo", "config.json")
+    with open(config_path) as f:
+        zoo = json.load(f)
+    zoo["model"]["activations"] = ["relu", "tanh"]
+    with open(config_path, "w") as f:
+        json.dump(zoo, f)
+    rows = [r for r in snapshots.read_manifest(workdir) if r["status"] == "ok"]
+    out = bench.snapshot_scores(workdir, rows, 16, str(tmp_path / "scores.npz"))
+    data = config_lib.load(workdir, "zoo").data
+    for model_id in (0, 3):  # relu, tanh
+        module, variables, row = snapshots.load_model(workdir, model_id, "final")
+        x, y = tasks.task_split(datasets.load(data), row["classes"], "train")
+        loss = float(inference.loss_accuracy(module, variables, x[:16], y[:16])[0])
+        i = next(i for i, r in enumerate(rows) if r["model_id"] == model_id and r["snapshot"] == "final")
+        assert abs(out["train_loss"][i] - loss) < 1e-4
+
+
 def test_group_folds_keep_each_class_set_in_one_fold():
     groups = np.repeat(np.arange(9), 5)
     folds = probes.group_folds(groups, 3, seed=0)
@@ -84,22 +118,22 @@ def test_tiny_benchmark_writes_results_per_representation_and_property(bench_wor
     with open(os.path.join(out, "details.json")) as f:
         details = json.load(f)
     assert details["skipped"] == ["ae", "sane"] and set(details["inputs"]) == {"zoo", "pca"}
-    assert set(details["noise_ceiling"]) == set(bench.MEASURED)
-    assert all(0 <= c["r2"] <= 1 for c in details["noise_ceiling"].values())
+    assert set(details["split_half_reliability"]) == set(bench.MEASURED)
+    assert all(0 <= c["mean"] <= 1 for c in details["split_half_reliability"].values())
     assert os.path.exists(os.path.join(out, "report.md"))
     assert os.path.exists(os.path.join(out, "predicted_vs_true.png"))
 
 
-def test_noise_ceiling_is_the_share_of_variance_that_is_not_noise():
+def test_split_half_reliability_is_the_share_of_variance_that_is_not_noise():
     # each half measures a true score with noise of variance 1; the full measurement (the mean
     # of the halves) has noise variance 1/2, so true variance 1 is 1 / 1.5 of its variance
     rng = np.random.default_rng(0)
     true = rng.normal(size=(200_000, 1))
     halves = dict(val_loss=true + rng.normal(size=(200_000, 2)), train_loss=np.zeros((200_000, 2)))
     mask = np.ones(200_000, bool)
-    assert abs(bench.noise_ceiling(halves, "val_loss", mask) - 1 / 1.5) < 0.01
-    assert abs(bench.noise_ceiling(halves, "generalisation_gap", mask) - 1 / 1.5) < 0.01
+    assert abs(bench.reliability(halves, "val_loss", mask) - 1 / 1.5) < 0.01
+    assert abs(bench.reliability(halves, "generalisation_gap", mask) - 1 / 1.5) < 0.01
     halves["val_loss"] = np.repeat(true, 2, axis=1)  # noiseless halves: nothing hides the score
-    assert bench.noise_ceiling(halves, "val_loss", mask) > 0.999
+    assert bench.reliability(halves, "val_loss", mask) > 0.999
     halves["val_loss"] = np.stack([true[:, 0], -true[:, 0]], 1)  # halves that disagree: no signal
-    assert bench.noise_ceiling(halves, "val_loss", mask) == 0.0
+    assert bench.reliability(halves, "val_loss", mask) == 0.0

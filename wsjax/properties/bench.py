@@ -61,7 +61,7 @@ def snapshot_scores(workdir, rows, num_images, cache):
     snapshot of `rows`, in inference mode: its loss on the first `num_images` train images of its
     task (the zoo's own train_loss is a running minibatch mean in train mode since the previous
     snapshot, not a property of the snapshot), and each score on the even- and odd-indexed
-    halves of those images and of the task's val images (`noise_ceiling`). Cached in `cache`
+    halves of those images and of the task's val images (`reliability`). Cached in `cache`
     under the zoo's fingerprint."""
     from wsjax import data, models
     from wsjax.models import inference
@@ -72,7 +72,7 @@ def snapshot_scores(workdir, rows, num_images, cache):
             if str(f["zoo"]) == fingerprint and int(f["num_images"]) == num_images and "val_loss" in f:
                 return dict(train_loss=f["loss"], halves={n: f[n] for n in names})
     zoo = config_lib.load(workdir, "zoo")
-    dataset, module = data.load(zoo.data), models.build(zoo.model, zoo.tasks.k)
+    dataset, modules = data.load(zoo.data), {}
     index = snapshots.snapshot_index(snapshots.read_manifest(workdir))
     loss, halves = np.empty(len(rows)), {n: np.empty((len(rows), 2)) for n in names}
     by_model = {}
@@ -81,6 +81,10 @@ def snapshot_scores(workdir, rows, num_images, cache):
     for model_id, members in tqdm(by_model.items(), desc="bench_properties: train scores", unit="model",
                                   leave=False):
         stacked = snapshots.load_snapshots(workdir, model_id)
+        activation = rows[members[0]]["activation"]  # a zoo may mix them: each model its own
+        if activation not in modules:
+            modules[activation] = models.build(zoo.model, zoo.tasks.k, activation)
+        module = modules[activation]
         out = {}
         for split in ("train", "val"):
             x, y = data.task_split(dataset, rows[members[0]]["classes"], split)
@@ -98,12 +102,12 @@ def snapshot_scores(workdir, rows, num_images, cache):
     return dict(train_loss=loss, halves=halves)
 
 
-def noise_ceiling(halves, name, mask):
-    """The R² ceiling of any predictor of property `name` on the rows of `mask`, set by the
-    sampling noise of its measurement on finitely many images: the Spearman-Brown reliability
-    2r / (1 + r) of the full measurement, r the correlation of its two half-measurements (the
-    share of its variance that is not noise; 0 where the halves do not correlate); `name` one of
-    MEASURED."""
+def reliability(halves, name, mask):
+    """Split-half reliability of property `name` over the rows of `mask`: how much of its variance
+    survives measuring it on other images of the same classes. The Spearman-Brown 2r / (1 + r),
+    r the correlation of its two half-measurements (0 where they do not correlate); `name` one
+    of MEASURED. Not a ceiling on probes: every class set with a digit shares that digit's val
+    images, so what is specific to those images is learnable across class sets."""
     a = halves["val_loss"] - halves["train_loss"] if name == "generalisation_gap" else halves[name]
     r = np.corrcoef(a[mask, 0], a[mask, 1])[0, 1]
     return float(max(0.0, 2 * r / (1 + r)))
@@ -222,8 +226,8 @@ def table(summary, props):
     return "\n".join(lines)
 
 
-def ceiling_line(ceiling):
-    return ", ".join(f"{p} {c['r2']:.3f} ± {c['r2_std']:.3f}" for p, c in ceiling.items())
+def reliability_line(values):
+    return ", ".join(f"{p} {c['mean']:.3f} ± {c['std']:.3f}" for p, c in values.items())
 
 
 def plot(path, values, per_seed_predictions, held, props):
@@ -274,10 +278,10 @@ def run(config, workdir):
     measured = snapshot_scores(workdir, rows, b.train_images, os.path.join(out_dir, "train_scores.npz"))
     values = {p: target(rows, p, measured["train_loss"]) for p in b.properties}
 
-    per_seed, ceilings, predictions, props = [], [], None, None
+    per_seed, reliabilities, predictions, props = [], [], None, None
     for seed in b.seeds:
         m = masks(rows, seed, b.held_out_fraction)
-        ceilings.append({p: noise_ceiling(measured["halves"], p, m["held_out_class_sets"])
+        reliabilities.append({p: reliability(measured["halves"], p, m["held_out_class_sets"])
                          for p in values if p in MEASURED})
         require(m["train"].sum() >= 2 and m["held_out_class_sets"].any(),
                 f"the zoo in {workdir} leaves too few train or held-out rows at "
@@ -305,12 +309,12 @@ def run(config, workdir):
 
     summary = {kind: summarise(per_seed, kind) for kind in SCORED_ON}
     regression = [p for p in props if p in REGRESSION]
-    ceiling = {p: dict(r2=float(np.mean([c[p] for c in ceilings])),
-                       r2_std=float(np.std([c[p] for c in ceilings]))) for p in ceilings[0]}
+    split_half = {p: dict(mean=float(np.mean([c[p] for c in reliabilities])),
+                          std=float(np.std([c[p] for c in reliabilities]))) for p in reliabilities[0]}
     io.write_json(os.path.join(out_dir, "results.json"), summary["held_out_class_sets"])
     io.write_json(os.path.join(out_dir, "details.json"), dict(
         seeds=list(b.seeds), representations=names, skipped=skipped, inputs=inputs,
-        summary=summary, per_seed=per_seed, noise_ceiling=ceiling, num_snapshots=len(rows),
+        summary=summary, per_seed=per_seed, split_half_reliability=split_half, num_snapshots=len(rows),
         seconds=time.time() - start))
     report = [f"# Property prediction ({len(rows)} snapshots, seeds {list(b.seeds)}, mean ± std)", ""]
     for kind in SCORED_ON:
@@ -319,16 +323,15 @@ def run(config, workdir):
     report += [f"generalisation_gap = val_loss - train_loss of the snapshot, the train loss on the first "
                f"{b.train_images} train images of its task in inference mode. R² on the original scale; "
                "r2_log (details.json) on log(value + shift) for positive properties.", "",
-               "Noise ceiling (held-out class sets): the most R² any predictor can reach, the share of "
-               "each measured property's variance that is not the sampling noise of its finitely many "
-               "images (split-half reliability, Spearman-Brown): "
-               + ceiling_line(ceiling), "",
+               "Split-half reliability (held-out class sets; of each measured property, over its images: "
+               "how much of its variance survives measuring it on other images of the same classes): "
+               + reliability_line(split_half), "",
                "![](predicted_vs_true.png)", ""]
     io.write_text(os.path.join(out_dir, "report.md"), "\n".join(report))
     plot(os.path.join(out_dir, "predicted_vs_true.png"), values, predictions[0], predictions[1], regression)
     print("bench_properties: held-out class sets, R² (Kendall τ) / accuracy, "
           f"mean ± std over seeds {list(b.seeds)}")
     print(table(summary["held_out_class_sets"], props))
-    print("bench_properties: noise ceiling (R² no predictor can pass): " + ceiling_line(ceiling))
+    print("bench_properties: split-half reliability over images: " + reliability_line(split_half))
     logging.info("bench_properties: done in %.1f s", time.time() - start)
     return summary
