@@ -21,7 +21,10 @@ def get_config(arg=None):
     c.target_quantiles = tuple(round(q, 3) for q in [0.05 + 0.1 * i for i in range(10)])
     c.samplers = ("path", "ridge", "flow", "thesis")  # each alone, beside 'best' (keep-the-best)
     c.no_selection = "path"      # the generator reported as `r2_loss_no_selection`
-    c.pool = ml_collections.ConfigDict(dict(per_segment=3, flow_samples=1))  # per requested loss
+    # keep-the-best's candidates per requested loss: the predicted path at per_segment points per
+    # segment + flow samples; 6 chosen over 3 on class sets of held-out models (R² 0.968 vs 0.962,
+    # 3 demo seeds, better on each), never on the held-out class sets
+    c.pool = ml_collections.ConfigDict(dict(per_segment=6, flow_samples=1))
     c.recalibrate = ml_collections.ConfigDict(dict(enabled=True, num_batches=4, batch_size=64))
     c.finetune = ml_collections.ConfigDict(dict(epochs=(0, 1, 3), learning_rate=3e-3, batch_size=64))
     # SANE's samples as one more fine-tuning start, where the workdir has a trained sane stage:
