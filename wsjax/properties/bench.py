@@ -90,14 +90,15 @@ def snapshot_scores(workdir, rows, num_images, cache):
             x, y = data.task_split(dataset, rows[members[0]]["classes"], split)
             x, y = (x[:num_images], y[:num_images]) if split == "train" else (x, y)
             z = inference.logits_stack(module, stacked, x)
-            out[split] = inference.scores_stack(z, y)[0]
-            out[split + "_halves"] = [inference.scores_stack(z[:, h::2], y[h::2]) for h in (0, 1)]
+            out[split] = [inference.scores_stack(z[:, h::2], y[h::2]) for h in (0, 1)]  # halves
+            if split == "train":
+                model_loss = inference.scores_stack(z, y)[0]
         for i in members:
             j = index[(model_id, rows[i]["snapshot"])]
-            loss[i] = out["train"][j]
-            halves["train_loss"][i] = [h[0][j] for h in out["train_halves"]]
-            halves["val_loss"][i] = [h[0][j] for h in out["val_halves"]]
-            halves["val_accuracy"][i] = [h[1][j] for h in out["val_halves"]]
+            loss[i] = model_loss[j]
+            halves["train_loss"][i] = [h[0][j] for h in out["train"]]
+            halves["val_loss"][i] = [h[0][j] for h in out["val"]]
+            halves["val_accuracy"][i] = [h[1][j] for h in out["val"]]
     io.savez(cache, loss=loss, zoo=fingerprint, num_images=num_images, **halves)
     return dict(train_loss=loss, halves=halves)
 
@@ -281,11 +282,11 @@ def run(config, workdir):
     per_seed, reliabilities, predictions, props = [], [], None, None
     for seed in b.seeds:
         m = masks(rows, seed, b.held_out_fraction)
-        reliabilities.append({p: reliability(measured["halves"], p, m["held_out_class_sets"])
-                         for p in values if p in MEASURED})
         require(m["train"].sum() >= 2 and m["held_out_class_sets"].any(),
                 f"the zoo in {workdir} leaves too few train or held-out rows at "
                 f"held_out_fraction={b.held_out_fraction}")
+        reliabilities.append({p: reliability(measured["halves"], p, m["held_out_class_sets"])
+                              for p in values if p in MEASURED})
         # a property constant on the train rows (one learning rate, say) has nothing to predict
         targets = {p: (y, False) for p, y in values.items() if y[m["train"]].std() > 0}
         categorical = categorical_targets(rows, b.categorical, m["train"])

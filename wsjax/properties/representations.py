@@ -25,7 +25,6 @@ QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 # Representations read from another stage: that stage and the file it writes them to.
 OUTPUTS = {"pca": ("pca", "coeffs.npz"), "ae": ("ae", "latents.npz"), "sane": ("sane", "embeddings.npz")}
 NAMES = ("weight_stats", "delta_stats", "pca", "ae", "sane")
-COMPUTED = ("weight_stats", "delta_stats")  # from the zoo's snapshots, needing no other stage
 
 
 def weight_statistics(stacked):
@@ -91,7 +90,8 @@ def pca_projection(coeffs, fit_idx, num_components):
 
 
 def available(workdir, names):
-    """The representations of `names` whose stage has finished in `workdir` (COMPUTED always)."""
+    """The representations of `names` whose stage has finished in `workdir` (those computed from
+    the zoo's snapshots, not in OUTPUTS, always)."""
     return [n for n in names if n not in OUTPUTS or os.path.exists(os.path.join(workdir, *OUTPUTS[n]))]
 
 
