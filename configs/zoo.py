@@ -63,6 +63,9 @@ def get_config(arg=None):
         optimizers=("adam",),          # drawn uniformly per model
         train_fractions=(1.0,),        # drawn per model: share of its task's train images it
                                        # trains on (a subset from its seed), spreads generalisation
+        equal_steps=False,             # True: a model on a fraction f trains ~1/f x the epochs
+                                       # (as many steps as on its whole task): small subsets are
+                                       # memorised, so the generalisation gap spreads with f
         adam_lr=(1e-3, 1e-2),          # log-uniform
         sgd_lr=(1e-2, 1e-1),           # log-uniform
         momentum=(0.8, 0.95),          # uniform, SGD only

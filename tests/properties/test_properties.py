@@ -17,7 +17,7 @@ from wsjax.properties import bench
 from wsjax.properties import probes
 from wsjax.properties import representations as reps
 from wsjax.sane import tokens
-from wsjax.zoo import snapshots
+from wsjax.zoo import hparams, snapshots
 from wsjax.zoo import step as step_lib
 
 
@@ -55,15 +55,17 @@ def test_delta_statistics_measure_from_the_reference_and_ignore_channel_permutat
     np.testing.assert_allclose(out[0, 7 * leaves:], distance, rtol=1e-5)
 
 
-def test_snapshot_scores_apply_each_model_with_its_own_activation(fake_zoo, tmp_path):
-    # the fake zoo with model 3 declared a tanh network (its weights stay the ReLU ones)
+def test_snapshot_scores_apply_each_model_with_its_own_activation_and_train_images(fake_zoo, tmp_path):
+    # the fake zoo with model 3 declared a tanh network (its weights stay the ReLU ones) trained on
+    # half its task's images
     workdir = str(tmp_path / "work")
     shutil.copytree(fake_zoo, workdir)
     path = os.path.join(workdir, "zoo", "models.csv")
     with open(path) as f:
         rows = list(csv.DictReader(f))
     for r in rows:
-        r["activation"] = "tanh" if r["model_id"] == "3" else r["activation"]
+        if r["model_id"] == "3":
+            r["activation"], r["train_fraction"] = "tanh", "0.5"
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -76,11 +78,14 @@ def test_snapshot_scores_apply_each_model_with_its_own_activation(fake_zoo, tmp_
         json.dump(zoo, f)
     rows = [r for r in snapshots.read_manifest(workdir) if r["model_id"] in (0, 3)]
     out = bench.snapshot_scores(workdir, rows, 16, str(tmp_path / "scores.npz"))
-    data = config_lib.load(workdir, "zoo").data
-    for model_id in (0, 3):  # relu, tanh
+    dataset = datasets.load(config_lib.load(workdir, "zoo").data)
+    for model_id, fraction in ((0, 1.0), (3, 0.5)):  # relu on its task, tanh on half of it
         module, variables, row = snapshots.load_model(workdir, model_id, "final")
-        x, y = tasks.task_split(datasets.load(data), row["classes"], "train")
-        loss = float(inference.loss_accuracy(module, variables, x[:16], y[:16])[0])
+        idx, y = hparams.train_indices(dataset.y_train, row["classes"], row["train_fraction"], row["seed"])
+        task, _ = tasks.task_indices(dataset.y_train, row["classes"])
+        assert row["train_fraction"] == fraction and len(idx) == round(fraction * len(task))
+        assert (idx[:16] == task[:16]).all() == (fraction == 1.0)
+        loss = float(inference.loss_accuracy(module, variables, dataset.x_train[idx[:16]], y[:16])[0])
         i = next(i for i, r in enumerate(rows) if r["model_id"] == model_id and r["snapshot"] == "final")
         assert abs(out["train_loss"][i] - loss) < 1e-4
 

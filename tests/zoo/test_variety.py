@@ -81,13 +81,30 @@ def test_train_fraction_is_a_fixed_subset_of_the_task_drawn_from_the_model_seed(
     dataset = data.load(zoo_configs.get_config("tiny").data)
     spec = hparams.sample_specs(_variety_config(), 10)[1]
     full_idx, _ = data.tasks.task_indices(dataset.y_train, spec.classes)
-    half = dataclasses.replace(spec, train_fraction=0.5)
-    idx, local = hparams.train_indices(dataset.y_train, half)
+    half = lambda seed: hparams.train_indices(dataset.y_train, spec.classes, 0.5, seed)  # noqa: E731
+    idx, local = half(spec.seed)
     assert len(idx) == round(0.5 * len(full_idx)) and set(idx) <= set(full_idx)
     np.testing.assert_array_equal(local, np.searchsorted(sorted(spec.classes), dataset.y_train[idx]))
-    np.testing.assert_array_equal(idx, hparams.train_indices(dataset.y_train, half)[0])
-    other = dataclasses.replace(half, seed=spec.seed + 1)
-    assert not np.array_equal(idx, hparams.train_indices(dataset.y_train, other)[0])
+    np.testing.assert_array_equal(idx, half(spec.seed)[0])
+    assert not np.array_equal(idx, half(spec.seed + 1)[0])
+
+
+def test_equal_steps_gives_a_model_on_a_fraction_the_steps_of_its_whole_task(tmp_path):
+    config = _variety_config(num_models=8)
+    config.train.train_fractions = (0.25, 1.0)
+    plain = zoo_stage.prepare(config, str(tmp_path / "plain"))
+    config.train.equal_steps = True
+    equal = zoo_stage.prepare(config, str(tmp_path / "equal"))
+    b = config.train.batch_size
+    for p, e in zip(plain.specs, equal.specs):
+        whole = len(data.tasks.task_indices(plain.dataset.y_train, p.classes)[0]) // b
+        last = lambda setup, s: setup.schedules[s.model_id][-1][1]  # noqa: E731  the final step
+        if p.train_fraction == 1.0:
+            assert e == p and last(equal, e) == last(plain, p) == p.max_epoch * whole
+        else:  # ~4x the epochs over its quarter: the steps of the whole task, within one epoch's
+            assert e.max_epoch > 3 * p.max_epoch and last(plain, p) < 0.3 * p.max_epoch * whole
+            assert abs(last(equal, e) - p.max_epoch * whole) <= equal.steps_per_epoch[e.model_id]
+    assert {s.train_fraction for s in plain.specs} == {0.25, 1.0}
 
 
 @pytest.mark.parametrize("edit,match", [
@@ -134,7 +151,8 @@ def test_variety_zoo_records_each_models_axes_and_load_model_rebuilds_its_activa
         assert r["status"] == "ok"
         if r["snapshot"] != "final":
             continue
-        steps_per_epoch = len(hparams.train_indices(dataset.y_train, s)[0]) // config.train.batch_size
+        steps_per_epoch = len(hparams.train_indices(dataset.y_train, s.classes, s.train_fraction,
+                                                    s.seed)[0]) // config.train.batch_size
         assert r["step"] == s.max_epoch * steps_per_epoch  # a half-set model takes half the steps
         module, variables, row = load_model(workdir, r["model_id"], "final")
         assert module.activation == r["activation"] and row == r

@@ -30,7 +30,7 @@ from wsjax.common import io
 from wsjax.common.config import require
 from wsjax.properties import probes
 from wsjax.properties import representations as reps
-from wsjax.zoo import snapshots
+from wsjax.zoo import hparams, snapshots
 
 STAGE = "bench_properties"
 SCORED_ON = ("held_out_class_sets", "held_out_models")
@@ -58,8 +58,8 @@ def check_config(config):
 
 def snapshot_scores(workdir, rows, num_images, cache):
     """{'train_loss': [N], 'halves': {'train_loss' | 'val_loss' | 'val_accuracy': [N, 2]}} of each
-    snapshot of `rows`, in inference mode: its loss on the first `num_images` train images of its
-    task (the zoo's own train_loss is a running minibatch mean in train mode since the previous
+    snapshot of `rows`, in inference mode: its loss on the first `num_images` of the train images
+    it trained on (the zoo's own train_loss is a running minibatch mean in train mode since the previous
     snapshot, not a property of the snapshot), and each score on the even- and odd-indexed
     halves of those images and of the task's val images (`reliability`). Cached in `cache`
     under the zoo's fingerprint."""
@@ -85,10 +85,13 @@ def snapshot_scores(workdir, rows, num_images, cache):
         if activation not in modules:
             modules[activation] = models.build(zoo.model, zoo.tasks.k, activation)
         module = modules[activation]
-        out = {}
+        r, out = rows[members[0]], {}
         for split in ("train", "val"):
-            x, y = data.task_split(dataset, rows[members[0]]["classes"], split)
-            x, y = (x[:num_images], y[:num_images]) if split == "train" else (x, y)
+            if split == "train":  # the images it trained on (a train_fraction model: its subset)
+                idx, y = hparams.train_indices(dataset.y_train, r["classes"], r["train_fraction"], r["seed"])
+                x, y = dataset.x_train[idx[:num_images]], y[:num_images]
+            else:
+                x, y = data.task_split(dataset, r["classes"], split)
             z = inference.logits_stack(module, stacked, x)
             out[split] = [inference.scores_stack(z[:, h::2], y[h::2]) for h in (0, 1)]  # halves
             if split == "train":

@@ -5,7 +5,8 @@ log-uniform, momentum uniform (SGD), early snapshot epoch ~ U(early_epoch), max 
 truncated to `max_epoch_range`, the task's class set (`tasks.models_per_set` models share one), and
 the model's split (train/val/test; a val/test model's class set keeps train models where it can).
 The variety axes (init method, activation, train-set fraction) are drawn uniformly from their
-tuples of choices by a stream of their own, so the draws above stay what they were without them.
+tuples of choices by a stream of their own, so the draws above stay what they were without them;
+with `train.equal_steps`, a model on a fraction trains more epochs over it (`equal_steps`).
 
 Snapshots follow one of two schedules: the thesis's ('early' at the early epoch, 'final' at the max
 epoch) when `train.snapshot_steps` is empty, else a step schedule ('step<N>' at each listed step
@@ -166,13 +167,26 @@ def sample_specs(config, num_classes):
             for i in range(n)]
 
 
-def train_indices(labels, spec):
-    """(indices into the train images, local labels) the model trains on: its task's images, or a
-    `train_fraction` share of them drawn from its seed (in index order)."""
-    idx, local = task_indices(labels, spec.classes)
-    if spec.train_fraction == 1.0:
+def train_indices(labels, classes, train_fraction, seed):
+    """(indices into the train images, local labels) a model trains on: its task's images, or a
+    `train_fraction` share of them drawn from its data seed (in index order)."""
+    idx, local = task_indices(labels, classes)
+    if train_fraction == 1.0:
         return idx, local
     # a stream apart from the data order's, default_rng([seed, epoch])
-    rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(1,)))
-    keep = np.sort(rng.permutation(len(idx))[:max(1, round(spec.train_fraction * len(idx)))])
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
+    keep = np.sort(rng.permutation(len(idx))[:max(1, round(train_fraction * len(idx)))])
     return idx[keep], local[keep]
+
+
+def equal_steps(specs, labels, batch_size):
+    """`specs` with the epochs of models on a train fraction scaled by (steps per epoch of the
+    whole task / of their subset): every model takes about as many steps as on its whole task, so
+    small subsets are seen many times over and the generalisation gap spreads with the fraction."""
+    out = []
+    for s in specs:
+        whole = len(task_indices(labels, s.classes)[0]) // batch_size
+        own = len(train_indices(labels, s.classes, s.train_fraction, s.seed)[0]) // batch_size
+        scale = lambda epochs: max(1, round(epochs * whole / own))  # noqa: E731
+        out.append(dataclasses.replace(s, early_epoch=scale(s.early_epoch), max_epoch=scale(s.max_epoch)))
+    return out

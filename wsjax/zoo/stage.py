@@ -343,13 +343,16 @@ def prepare(config, workdir):
     strategy = resolve_strategy(config)
     size = 1 if strategy == "sequential" else int(config.cohort_size) * num_devices
     os.makedirs(snapshots.zoo_dir(workdir), exist_ok=True)
-    task_idx = {s.model_id: hparams.train_indices(dataset.y_train, s) for s in specs}
+    task_idx = {s.model_id: hparams.train_indices(dataset.y_train, s.classes, s.train_fraction, s.seed)
+                for s in specs}
     b = int(config.train.batch_size)
     fewest = min(specs, key=lambda s: len(task_idx[s.model_id][0]))
     require(len(task_idx[fewest.model_id][0]) >= b,
             f"config.train.train_fractions leaves model {fewest.model_id} "
             f"{len(task_idx[fewest.model_id][0])} train images, fewer than one batch "
             f"(config.train.batch_size={b}): raise the fraction or lower the batch size")
+    if config.train.equal_steps:
+        specs = hparams.equal_steps(specs, dataset.y_train, b)
     steps_per_epoch = {s.model_id: len(task_idx[s.model_id][0]) // b for s in specs}
     tx = step_lib.make_optimizer()
     return Setup(
