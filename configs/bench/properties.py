@@ -20,7 +20,8 @@ def get_config(arg=None):
         representations=("weight_stats", "delta_stats", "pca", "ae", "sane"),
         pca_components=64,        # 'pca': top directions of the train rows' PCA coefficients
         properties=("val_accuracy", "val_loss", "generalisation_gap", "step", "learning_rate"),
-        categorical=("optimizer", "init_method", "activation"),  # skipped if absent or one class
+        # skipped if absent or one class; train_fraction: how much data, read off the weights
+        categorical=("optimizer", "init_method", "activation", "train_fraction"),
         cv_folds=4,               # grouped by class set, over the train rows only
         train_images=512,         # generalisation gap: each snapshot's train loss on this many images
     ))
@@ -32,12 +33,16 @@ def get_config(arg=None):
     # full batch, AdamW; the CV folds and the final fit train together under vmap
     c.mlp = ml_collections.ConfigDict(dict(hidden=(64,), steps=500, learning_rate=3e-3,
                                            weight_decay=1e-2))
+    # scikit-learn's HistGradientBoosting* at its defaults (max_iter 100, learning_rate 0.1,
+    # max_leaf_nodes 31; no early stopping below 10,000 rows), not tuned
+    c.gbm = ml_collections.ConfigDict(dict(max_iter=100, learning_rate=0.1, max_leaf_nodes=31))
     if preset == "tiny":
         c.bench.seeds = (0,)
         c.bench.pca_components = 4
         c.bench.cv_folds = 2
         c.bench.train_images = 64
         c.mlp.update(hidden=(16,), steps=100)
+        c.gbm.max_iter = 10
     elif preset != "default":
         raise ValueError(f"unknown bench_properties preset {preset!r}: use 'tiny' or 'default'")
     return c

@@ -110,6 +110,23 @@ def test_ridge_recovers_a_log_linear_target_and_chooses_the_log_on_train_rows():
     assert probes.r2(y[~train], predict(x[~train])) > 0.95
 
 
+def test_gbm_probe_fits_interactions_a_linear_probe_cannot():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1200, 4))
+    train = np.arange(1200) < 900
+    folds = probes.group_folds(np.arange(900) // 30, 3, seed=0)
+    config = bench_configs.get_config().gbm.to_dict()
+    y = np.where(x[:, 0] > 0, x[:, 1], -x[:, 1])  # a sign flip: no linear part at all
+    predict, cv, settings = probes.fit_gbm(x, y, train, folds, config, transform="identity")
+    ridge = probes.fit_ridge(x, y, train, folds, bench_configs.get_config().ridge)
+    assert settings == {"transform": "identity"}
+    assert cv > 0.8 and probes.r2(y[~train], predict(x[~train])) > 0.8
+    assert ridge[1] < 0.1 and probes.r2(y[~train], ridge[0](x[~train])) < 0.1
+    labels = ((x[:, 0] > 0) ^ (x[:, 1] > 0)).astype(int)  # XOR
+    predict, cv, _ = probes.fit_gbm(x, labels, train, folds, config, classify=True)
+    assert cv > 0.85 and (predict(x[~train]) == labels[~train]).mean() > 0.85
+
+
 def test_tiny_benchmark_writes_results_per_representation_and_property(bench_workdir):
     out = os.path.join(bench_workdir, "bench_properties")
     with open(os.path.join(out, "results.json")) as f:
@@ -122,6 +139,7 @@ def test_tiny_benchmark_writes_results_per_representation_and_property(bench_wor
             assert {"r2", "kendall_tau", "probe"} <= set(cell) and np.isfinite(cell["r2"])
     with open(os.path.join(out, "details.json")) as f:
         details = json.load(f)
+    assert set(details["per_seed"][0]["weight_stats"]["val_loss"]["probes"]) == {"ridge", "mlp", "gbm"}
     assert details["skipped"] == ["ae", "sane"] and set(details["inputs"]) == {"zoo", "pca"}
     assert set(details["split_half_reliability"]) == set(bench.MEASURED)
     assert all(0 <= c["mean"] <= 1 for c in details["split_half_reliability"].values())

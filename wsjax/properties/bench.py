@@ -41,8 +41,8 @@ MEASURED = ("val_accuracy", "val_loss", "generalisation_gap")  # on finitely man
 
 def check_config(config):
     b = config.get("bench")
-    require(b is not None and "ridge" in config and "mlp" in config,
-            "config.bench/ridge/mlp are missing: use configs/bench/properties.py")
+    require(b is not None and all(k in config for k in ("ridge", "mlp", "gbm")),
+            "config.bench/ridge/mlp/gbm are missing: use configs/bench/properties.py")
     require(len(b.seeds) >= 1, "config.bench.seeds must name at least one seed")
     require(0 < b.held_out_fraction < 1,
             f"config.bench.held_out_fraction must be in (0, 1), got {b.held_out_fraction}")
@@ -168,13 +168,16 @@ def cell(x, y, m, folds, config, key, categorical, log_scale):
     """Every probe of one (representation, property): CV score on train, scores per SCORED_ON,
     and the best probe by CV with its held-out-class-set predictions."""
     train = m["train"]
+    gbm = config.gbm.to_dict()
     if categorical:
         fits = dict(logistic=probes.fit_logistic(x, y, train, folds, config.logistic),
-                    mlp=probes.fit_mlp(x, y, train, folds, config.mlp, key, num_classes=int(y.max()) + 1))
+                    mlp=probes.fit_mlp(x, y, train, folds, config.mlp, key, num_classes=int(y.max()) + 1),
+                    gbm=probes.fit_gbm(x, y, train, folds, gbm, classify=True))
     else:
         ridge = probes.fit_ridge(x, y, train, folds, config.ridge)
-        fits = dict(ridge=ridge, mlp=probes.fit_mlp(x, y, train, folds, config.mlp, key,
-                                                    transform=ridge[2]["transform"]))
+        transform = ridge[2]["transform"]
+        fits = dict(ridge=ridge, mlp=probes.fit_mlp(x, y, train, folds, config.mlp, key, transform=transform),
+                    gbm=probes.fit_gbm(x, y, train, folds, gbm, transform=transform))
     out = {}
     for name, (predict, cv, settings) in fits.items():
         out[name] = dict(cv=cv, settings=settings, **{
@@ -325,7 +328,8 @@ def run(config, workdir):
         report += [f"## {kind}", "", "R² (Kendall τ, best probe by train CV) or accuracy", "",
                    table(summary[kind], props), ""]
     report += [f"generalisation_gap = val_loss - train_loss of the snapshot, the train loss on the first "
-               f"{b.train_images} train images of its task in inference mode. R² on the original scale; "
+               f"{b.train_images} of the train images it trained on, in inference mode. "
+               f"R² on the original scale; "
                "r2_log (details.json) on log(value + shift) for positive properties.", "",
                "Split-half reliability (held-out class sets; of each measured property, over its images: "
                "how much of its variance survives measuring it on other images of the same classes): "
