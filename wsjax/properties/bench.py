@@ -1,8 +1,8 @@
 """Stage 'bench_properties': property prediction from each representation of the zoo's snapshots.
 
 Per seed, a share of the zoo's class sets is held out with all their models; probes (ridge,
-logistic, MLP, gradient-boosted trees: wsjax.properties.probes) train on the train-split models of the other class sets
-and are scored on two kinds of held-out models, both unseen by the probes:
+logistic, MLP, gradient-boosted trees: wsjax.properties.probes) train on the train-split models
+of the other class sets and are scored on two kinds of held-out models, both unseen by them:
 
     held_out_class_sets   every model of the held-out class sets (the issue's goal)
     held_out_models       the zoo's val/test models of the other class sets
