@@ -85,17 +85,15 @@ def snapshot_scores(workdir, rows, num_images, cache):
         if activation not in modules:
             modules[activation] = models.build(zoo.model, zoo.tasks.k, activation)
         module = modules[activation]
-        r, out = rows[members[0]], {}
-        for split in ("train", "val"):
-            if split == "train":  # the images it trained on (a train_fraction model: its subset)
-                idx, y = hparams.train_indices(dataset.y_train, r["classes"], r["train_fraction"], r["seed"])
-                x, y = dataset.x_train[idx[:num_images]], y[:num_images]
-            else:
-                x, y = data.task_split(dataset, r["classes"], split)
-            z = inference.logits_stack(module, stacked, x)
-            out[split] = [inference.scores_stack(z[:, h::2], y[h::2]) for h in (0, 1)]  # halves
-            if split == "train":
-                model_loss = inference.scores_stack(z, y)[0]
+        r = rows[members[0]]
+        # train: the images it trained on (a train_fraction model: its subset)
+        idx, local = hparams.train_indices(dataset.y_train, r["classes"], r["train_fraction"], r["seed"])
+        images = dict(train=(dataset.x_train[idx[:num_images]], local[:num_images]),
+                      val=data.task_split(dataset, r["classes"], "val"))
+        logits = {split: inference.logits_stack(module, stacked, x) for split, (x, _) in images.items()}
+        out = {split: [inference.scores_stack(z[:, h::2], images[split][1][h::2]) for h in (0, 1)]
+               for split, z in logits.items()}  # halves
+        model_loss = inference.scores_stack(logits["train"], images["train"][1])[0]
         for i in members:
             j = index[(model_id, rows[i]["snapshot"])]
             loss[i] = model_loss[j]

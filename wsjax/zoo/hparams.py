@@ -179,14 +179,14 @@ def train_indices(labels, classes, train_fraction, seed):
     return idx[keep], local[keep]
 
 
-def equal_steps(specs, labels, batch_size):
+def equal_steps(specs, labels, own_steps, batch_size):
     """`specs` with the epochs of models on a train fraction scaled by (steps per epoch of the
-    whole task / of their subset): every model takes about as many steps as on its whole task, so
-    small subsets are seen many times over and the generalisation gap spreads with the fraction."""
+    whole task / of their subset, `own_steps[model_id]`): every model takes about as many steps as
+    on its whole task, so small subsets are seen many times over and the generalisation gap
+    spreads with the fraction."""
     out = []
     for s in specs:
-        whole = len(task_indices(labels, s.classes)[0]) // batch_size
-        own = len(train_indices(labels, s.classes, s.train_fraction, s.seed)[0]) // batch_size
+        whole, own = len(task_indices(labels, s.classes)[0]) // batch_size, own_steps[s.model_id]
         scale = lambda epochs: max(1, round(epochs * whole / own))  # noqa: E731
         out.append(dataclasses.replace(s, early_epoch=scale(s.early_epoch), max_epoch=scale(s.max_epoch)))
     return out

@@ -351,9 +351,9 @@ def prepare(config, workdir):
             f"config.train.train_fractions leaves model {fewest.model_id} "
             f"{len(task_idx[fewest.model_id][0])} train images, fewer than one batch "
             f"(config.train.batch_size={b}): raise the fraction or lower the batch size")
-    if config.train.equal_steps:
-        specs = hparams.equal_steps(specs, dataset.y_train, b)
     steps_per_epoch = {s.model_id: len(task_idx[s.model_id][0]) // b for s in specs}
+    if config.train.equal_steps:
+        specs = hparams.equal_steps(specs, dataset.y_train, steps_per_epoch, b)
     tx = step_lib.make_optimizer()
     return Setup(
         config=config, workdir=workdir, dataset=dataset, specs=specs, modules=modules, mesh=mesh,
