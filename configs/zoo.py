@@ -66,6 +66,9 @@ def get_config(arg=None):
         equal_steps=False,             # True: a model on a fraction f trains ~1/f x the epochs
                                        # (as many steps as on its whole task): small subsets are
                                        # memorised, so the generalisation gap spreads with f
+        dropout_rates=(0.0,),          # drawn per model: dropout on the pooled features before
+                                       # the head, in training (any rate > 0: every model's
+                                       # state carries a rate and key, one compiled step for all)
         adam_lr=(1e-3, 1e-2),          # log-uniform
         sgd_lr=(1e-2, 1e-1),           # log-uniform
         momentum=(0.8, 0.95),          # uniform, SGD only

@@ -1,5 +1,7 @@
-"""Zoo variety (issue 11): init methods, activations and train-set fractions drawn per model."""
+"""Zoo variety (issue 11): init methods, activations, train-set fractions and dropout rates drawn
+per model."""
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -16,35 +18,39 @@ from wsjax.zoo import hparams
 from wsjax.zoo import init as init_lib
 from wsjax.zoo import load_model
 from wsjax.zoo import stage as zoo_stage
+from wsjax.zoo import step as step_lib
 
 VARIETY = dict(init_methods=("he_normal", "orthogonal", "truncated_normal"),
-               activations=("relu", "gelu", "tanh"), train_fractions=(0.5, 1.0))
+               activations=("relu", "gelu", "tanh"), train_fractions=(0.5, 1.0), dropout_rates=(0.0, 0.5))
+VARIETY_FIELDS = ("init_method", "activation", "train_fraction", "dropout_rate")  # of ModelSpec
 
 
-def _variety_config(num_models=6):
-    config = zoo_configs.get_config("tiny")
-    config.num_models = num_models
+def _with_variety(config):
     config.init = "per_model"
     config.init_methods = VARIETY["init_methods"]
     config.model.activations = VARIETY["activations"]
     config.train.train_fractions = VARIETY["train_fractions"]
+    config.train.dropout_rates = VARIETY["dropout_rates"]
+    return config
+
+
+def _variety_config(num_models=6):
+    config = _with_variety(zoo_configs.get_config("tiny"))
+    config.num_models = num_models
     return config
 
 
 def test_variety_axes_leave_every_other_draw_unchanged():
     plain = hparams.sample_specs(zoo_configs.get_config(), 10)
-    assert {(s.init_method, s.activation, s.train_fraction) for s in plain} == {("lecun_normal", "relu", 1.0)}
+    default = ("lecun_normal", "relu", 1.0, 0.0)
+    assert {tuple(getattr(s, k) for k in VARIETY_FIELDS) for s in plain} == {default}
     config = zoo_configs.get_config()
     config.init = "per_model"
     plain = hparams.sample_specs(config, 10)
-    config.init_methods = VARIETY["init_methods"]
-    config.model.activations = VARIETY["activations"]
-    config.train.train_fractions = VARIETY["train_fractions"]
-    varied = hparams.sample_specs(config, 10)
-    variety = ("init_method", "activation", "train_fraction")
-    assert [dataclasses.replace(s, **{k: None for k in variety}) for s in varied] == [
-        dataclasses.replace(s, **{k: None for k in variety}) for s in plain]
-    for field, choices in zip(variety, VARIETY.values()):
+    varied = hparams.sample_specs(_with_variety(config), 10)
+    assert [dataclasses.replace(s, **{k: None for k in VARIETY_FIELDS}) for s in varied] == [
+        dataclasses.replace(s, **{k: None for k in VARIETY_FIELDS}) for s in plain]
+    for field, choices in zip(VARIETY_FIELDS, VARIETY.values()):
         assert {getattr(s, field) for s in varied} == set(choices)  # every choice drawn
 
 
@@ -68,6 +74,30 @@ def test_default_method_is_flax_init_and_others_redraw_kernels_only():
                                 jax.tree_util.tree_leaves(params)):
             assert a.shape == b.shape and a.dtype == b.dtype and np.isfinite(b).all()
             assert np.array_equal(a, b) != (path[-1].key == "kernel"), (method, path)
+
+
+def test_dropout_rate_zero_trains_as_without_dropout_and_a_rate_draws_masks_from_the_key():
+    module = models.build(zoo_configs.get_config("tiny").model, 3)
+    variables = init_lib.random_init(module, (12, 12, 1), jax.random.key(0), "lecun_normal")
+    tx = step_lib.make_optimizer()
+    x, y = jax.random.normal(jax.random.key(1), (8, 12, 12, 1)), jnp.arange(8) % 3
+    step = jax.jit(functools.partial(step_lib.model_step, module, tx))
+
+    def params_after_two_steps(dropout):
+        state = step_lib.init_model_state(tx, variables, "adam", 1e-2, 1e-4, dropout=dropout)
+        for _ in range(2):
+            state, _ = step(state, x, y, jnp.asarray(True))
+        assert ("dropout" in state) == (dropout is not None)
+        return jax.tree_util.tree_leaves(state["params"])
+
+    def same(a, b):
+        return all(np.array_equal(u, v) for u, v in zip(a, b))
+    plain = params_after_two_steps(None)
+    assert same(params_after_two_steps((0.0, jax.random.key(5))), plain)
+    half = params_after_two_steps((0.5, jax.random.key(5)))
+    assert not same(half, plain)
+    assert same(params_after_two_steps((0.5, jax.random.key(5))), half)  # the key decides the masks
+    assert not same(params_after_two_steps((0.5, jax.random.key(6))), half)
 
 
 def test_cohorts_hold_one_activation_each():
@@ -115,6 +145,7 @@ def test_equal_steps_gives_a_model_on_a_fraction_the_steps_of_its_whole_task(tmp
     (lambda c: (setattr(c, "init", "pretrained"), setattr(c.model, "activations", ("relu", "tanh"))),
      "config.model.activations must hold one activation under init='pretrained'"),
     (lambda c: setattr(c.train, "train_fractions", (0.0, 1.0)), "config.train.train_fractions"),
+    (lambda c: setattr(c.train, "dropout_rates", (0.0, 1.0)), "config.train.dropout_rates"),
 ])
 def test_bad_variety_choice_is_one_clear_error(edit, match):
     config = zoo_configs.get_config("tiny")
@@ -136,18 +167,18 @@ def test_variety_zoo_records_each_models_axes_and_load_model_rebuilds_its_activa
     config.model.activations = ("relu", "tanh")
     config.cohort_size = 1
     config.model_splits.test = 0
-    config.seed = 2  # its 4 models draw both activations, both fractions and 2 of the methods
+    config.seed = 2  # its 4 models draw both activations, fractions and dropout rates, 2 methods
     workdir = str(tmp_path)
     rows = run_stage(config, workdir)
     specs = {s.model_id: s for s in hparams.sample_specs(config, 10)}
     dataset = data.load(config.data)
     assert {r["activation"] for r in rows} == {"relu", "tanh"}
     assert {r["train_fraction"] for r in rows} == set(VARIETY["train_fractions"])
+    assert {r["dropout_rate"] for r in rows} == set(VARIETY["dropout_rates"])
     assert len({r["init_method"] for r in rows}) > 1
     for r in rows:
         s = specs[r["model_id"]]
-        assert (r["init_method"], r["activation"], r["train_fraction"]) == (
-            s.init_method, s.activation, s.train_fraction)
+        assert tuple(r[k] for k in VARIETY_FIELDS) == tuple(getattr(s, k) for k in VARIETY_FIELDS)
         assert r["status"] == "ok"
         if r["snapshot"] != "final":
             continue
@@ -166,3 +197,4 @@ def test_variety_fields_are_part_of_the_zoo_fingerprint():
     assert fields["init_methods"] == list(VARIETY["init_methods"])
     assert fields["model.activations"] == list(VARIETY["activations"])
     assert fields["train.train_fractions"] == list(VARIETY["train_fractions"])
+    assert fields["train.dropout_rates"] == list(VARIETY["dropout_rates"])

@@ -77,19 +77,22 @@ def test_tiny_preset_builds_models_with_a_snapshot_trajectory(tiny_zoo):
     assert row["model_id"] == 0 and "batch_stats" in variables
 
 
-def test_batched_step_equals_sequential_steps():
+@pytest.mark.parametrize("strategy,dropout", [("unroll", False), ("vmap", True)])
+def test_batched_step_equals_sequential_steps(strategy, dropout):
     config = zoo_configs.get_config("tiny")
     dataset = data.load(config.data)
     module = models.build(config.model, 3)
     variables = init_lib.random_init(module, dataset.image_shape, jax.random.key(0))
     tx = step_lib.make_optimizer()
     specs = [("adam", 2e-3, 1e-4, 0.0), ("sgd", 5e-2, 1e-4, 0.9)]
-    states = [step_lib.init_model_state(tx, variables, *s) for s in specs]
+    # with dropout, each model its own rate and key: vmapped, each draws its own masks
+    drop = [(0.5, jax.random.key(1)), (0.2, jax.random.key(2))] if dropout else [None, None]
+    states = [step_lib.init_model_state(tx, variables, *s, dropout=d) for s, d in zip(specs, drop)]
     rng = np.random.default_rng(0)
     # the tiny zoo's shapes (1 step per call, 2 models, batch 64): its compiled step is reused
     idx = rng.integers(0, len(dataset.x_train), (3, 2, 64)).astype(np.int32)
     label = rng.integers(0, 3, (3, 2, 64)).astype(np.int32)
-    cohort = step_lib.make_cohort_step(module, tx, "unroll")
+    cohort = step_lib.make_cohort_step(module, tx, strategy)
     got, losses = jax.device_put(step_lib.stack(states)), []
     for k in range(3):
         got, loss = cohort(got, dataset.x_train,

@@ -110,8 +110,10 @@ class ResNet18(nn.Module):
     conv: str = "xla"  # one of CONVS: the same parameters and function, computed two ways
 
     @nn.compact
-    def __call__(self, x, train=False, features=False):
-        """Logits [B, num_classes]; with `features=True`, pooled features [B, 8 * width]."""
+    def __call__(self, x, train=False, features=False, dropout_rate=None):
+        """Logits [B, num_classes]; with `features=True`, pooled features [B, 8 * width].
+        `dropout_rate` (training only, rng 'dropout'): dropout on the pooled features before the
+        head; a traced value, so models of different rates share one compiled step."""
         x = x.astype(self.dtype)
         conv = conv_layer(self.conv, self.dtype)
         spatial = (1, 2)  # of channels-last [B, H, W, C]
@@ -138,6 +140,9 @@ class ResNet18(nn.Module):
             x = x.T
         if features:
             return x.astype(jnp.float32)
+        if train and dropout_rate is not None:
+            keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - dropout_rate, x.shape)
+            x = jnp.where(keep, x / (1.0 - dropout_rate), 0.0).astype(self.dtype)
         return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x).astype(jnp.float32)
 
 

@@ -4,7 +4,7 @@ Optimizer Adam or SGD at random, learning rate log-uniform in the optimizer's ra
 log-uniform, momentum uniform (SGD), early snapshot epoch ~ U(early_epoch), max epoch ~ a normal
 truncated to `max_epoch_range`, the task's class set (`tasks.models_per_set` models share one), and
 the model's split (train/val/test; a val/test model's class set keeps train models where it can).
-The variety axes (init method, activation, train-set fraction) are drawn uniformly from their
+The variety axes (init method, activation, train-set fraction, dropout rate) are drawn uniformly from their
 tuples of choices by a stream of their own, so the draws above stay what they were without them;
 with `train.equal_steps`, a model on a fraction trains more epochs over it (`equal_steps`).
 
@@ -40,6 +40,7 @@ class ModelSpec:
     init_method: str    # kernel initializer (wsjax.zoo.init.INIT_METHODS)
     activation: str     # 'relu' | 'gelu' | 'tanh'
     train_fraction: float  # share of its task's train images it trains on
+    dropout_rate: float = 0.0  # on the pooled features before the head, in training
 
 
 def validate(config):
@@ -91,6 +92,13 @@ def validate(config):
     fractions = tuple(t.train_fractions)
     require(len(fractions) >= 1 and all(0 < f <= 1 for f in fractions),
             f"config.train.train_fractions must be a non-empty tuple of values in (0, 1], got {fractions}")
+    rates = dropout_rates(config)
+    require(len(rates) >= 1 and all(0 <= r < 1 for r in rates),
+            f"config.train.dropout_rates must be a non-empty tuple of values in [0, 1), got {rates}")
+
+
+def dropout_rates(config):
+    return tuple(config.train.get("dropout_rates", (0.0,)))  # configs older than the field: none
 
 
 def _require_choices(field, choices, allowed):
@@ -160,10 +168,11 @@ def sample_specs(config, num_classes):
     method = variety.choice(list(config.init_methods), n)
     act = variety.choice(list(config.model.activations), n)
     fraction = variety.choice(list(t.train_fractions), n)
+    dropout = variety.choice(list(dropout_rates(config)), n)
     return [ModelSpec(i, tuple(int(c) for c in tasks[i]), str(split[i]), str(opt[i]), float(lr[i]),
                       float(wd[i]), float(mom[i]), int(early[i]), int(final[i]),
                       int(config.seed) * 1_000_003 + i, str(method[i]), str(act[i]),
-                      float(fraction[i]))
+                      float(fraction[i]), float(dropout[i]))
             for i in range(n)]
 
 

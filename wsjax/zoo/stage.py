@@ -145,7 +145,8 @@ def _row(config, spec, tag, status, metrics):
                 weight_decay=spec.weight_decay, momentum=spec.momentum,
                 batch_size=int(config.train.batch_size), init=config.init,
                 init_seed=int(config.init_seed), init_method=spec.init_method,
-                activation=spec.activation, train_fraction=spec.train_fraction, seed=spec.seed,
+                activation=spec.activation, train_fraction=spec.train_fraction,
+                dropout_rate=spec.dropout_rate, seed=spec.seed,
                 train_loss=float(m["train_loss"]),
                 val_loss=float(m["val_loss"]), val_accuracy=float(m["val_accuracy"]))
 
@@ -230,6 +231,11 @@ def _save_model(ctx, spec, m, traj, diverged):
     ctx.zoo.add(spec.model_id, rows, trees)
 
 
+def _dropout(ctx, spec):
+    """(rate, PRNG key from its data seed) of a model in a zoo with dropout (rate 0 included), else None."""
+    return (spec.dropout_rate, jax.random.fold_in(jax.random.key(spec.seed), 1)) if ctx.dropout else None
+
+
 def train_cohort(ctx, members, cid, pbar=None):
     """Trains `members` together from their init or from the cohort checkpoint to their last
     step, taking each model's snapshots as its schedule comes due."""
@@ -237,7 +243,8 @@ def train_cohort(ctx, members, cid, pbar=None):
     mesh, per_call, b = ctx.mesh, ctx.steps_per_call, int(config.train.batch_size)
     slots, tx = ctx.slots, ctx.tx
     states = [step_lib.init_model_state(tx, ctx.init(s.model_id, s.init_method), s.optimizer,
-                                        s.learning_rate, s.weight_decay, s.momentum) for s in members]
+                                        s.learning_rate, s.weight_decay, s.momentum, _dropout(ctx, s))
+              for s in members]
     state = step_lib.stack(states + [states[0]] * (slots - len(members)))  # inactive padding
     num_snapshots = max(len(ctx.schedules[s.model_id]) for s in members)
     # the fresh state is the restore target: it gives the restored tree its structure
@@ -323,6 +330,7 @@ class Setup:
     checkpoint_every_secs: float
     x_train: Any             # the train images, on device (replicated over the mesh)
     init: Callable           # model_id -> initial variables
+    dropout: bool            # some model has dropout: every model's state carries a rate and key
     tx: Any
     steps: dict              # activation -> the compiled cohort step
     zoo: "_ZooOnDisk"
@@ -368,9 +376,9 @@ def prepare(config, workdir):
         x_train=step_lib.place(dataset.x_train, mesh, step_lib.P()),
         # an init does not depend on the activation: any module gives it
         init=init_lib.initializer(config, modules[specs[0].activation], dataset.image_shape, workdir),
-        tx=tx, steps={a: step_lib.make_cohort_step(m, tx, strategy, mesh,
-                                                   float(config.train.diverge_loss_factor))
-                      for a, m in modules.items()},
+        dropout=any(s.dropout_rate > 0 for s in specs), tx=tx,
+        steps={a: step_lib.make_cohort_step(m, tx, strategy, mesh, float(config.train.diverge_loss_factor))
+               for a, m in modules.items()},
         zoo=_ZooOnDisk(workdir))
 
 

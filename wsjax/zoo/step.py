@@ -74,8 +74,10 @@ def make_optimizer(b1=0.9, b2=0.999, eps=1e-8):
 HYPERPARAMS = ("learning_rate", "weight_decay", "momentum", "adam")
 
 
-def init_model_state(tx, variables, optimizer, learning_rate, weight_decay, momentum=0.0):
-    """One model's train state (numpy leaves) with its hyperparameters written into opt_state."""
+def init_model_state(tx, variables, optimizer, learning_rate, weight_decay, momentum=0.0, dropout=None):
+    """One model's train state (numpy leaves) with its hyperparameters written into opt_state;
+    `dropout` (rate, key): its dropout rate and PRNG key (the state's 'dropout' entry; a zoo
+    without dropout has none, so its step and checkpoints are what they were)."""
     require(optimizer in ("adam", "sgd"), f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
     params = jax.tree_util.tree_map(jnp.asarray, variables["params"])
     opt_state = tx.init(params)
@@ -85,6 +87,9 @@ def init_model_state(tx, variables, optimizer, learning_rate, weight_decay, mome
     opt_state = opt_state._replace(hyperparams={k: np.float32(v) for k, v in hp.items()})
     state = dict(params=variables["params"], batch_stats=variables["batch_stats"],
                  opt_state=opt_state, diverged=np.asarray(False))
+    if dropout is not None:
+        rate, key = dropout
+        state["dropout"] = dict(rate=np.float32(rate), key=jax.random.key_data(key))
     return jax.tree_util.tree_map(np.asarray, state)
 
 
@@ -103,10 +108,16 @@ def _all_finite(tree):
 
 
 def model_step(module, tx, state, x, y, active, diverge_loss_factor=DIVERGE_LOSS_FACTOR):
-    """One model, one step; a diverged step (see the module docstring) freezes the model."""
+    """One model, one step; a diverged step (see the module docstring) freezes the model. With a
+    'dropout' entry, the step's dropout mask is drawn from its key folded with the step count."""
+    extra = {}
+    if "dropout" in state:
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["dropout"]["key"]), state["opt_state"].count)
+        extra = dict(dropout_rate=state["dropout"]["rate"], rngs={"dropout": key})
+
     def loss_fn(params):
         logits, upd = module.apply({"params": params, "batch_stats": state["batch_stats"]}, x,
-                                   train=True, mutable=["batch_stats"])
+                                   train=True, mutable=["batch_stats"], **extra)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         return loss, (upd["batch_stats"], logits.shape[-1])
 
@@ -121,6 +132,8 @@ def model_step(module, tx, state, x, y, active, diverge_loss_factor=DIVERGE_LOSS
     old = {k: state[k] for k in new}
     out = jax.tree_util.tree_map(lambda n, o: jnp.where(take, n, o), new, old)
     out["diverged"] = state["diverged"] | (active & ~healthy)
+    if "dropout" in state:
+        out["dropout"] = state["dropout"]
     return out, jnp.where(active, loss, 0.0)
 
 
