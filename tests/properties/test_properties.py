@@ -55,6 +55,41 @@ def test_delta_statistics_measure_from_the_reference_and_ignore_channel_permutat
     np.testing.assert_allclose(out[0, 7 * leaves:], distance, rtol=1e-5)
 
 
+def test_output_statistics_ignore_which_output_slot_holds_a_class():
+    logits = np.random.default_rng(0).normal(size=(2, 5, 3))
+    out = reps.output_statistics(logits)
+    assert out.shape == (2, 5 * 3 + 21)
+    np.testing.assert_allclose(reps.output_statistics(logits[..., ::-1]), out, rtol=1e-6)
+    p = np.exp(logits[1, 2]) / np.exp(logits[1, 2]).sum()
+    np.testing.assert_allclose(out[1, 6:9], np.sort(p)[::-1], rtol=1e-6)  # image 2 of network 1
+    confident = reps.output_statistics(10 * logits)
+    assert confident[:, 15].mean() > out[:, 15].mean()  # mean top probability over images
+
+
+def test_probe_outputs_run_every_snapshot_on_the_same_probe_images(fake_zoo):
+    rows = [r for r in snapshots.read_manifest(fake_zoo) if r["model_id"] in (0, 3)]
+    out = reps.load(fake_zoo, "probe_outputs", rows, probe_images=12)
+    dataset = datasets.load(config_lib.load(fake_zoo, "zoo").data)
+    images = reps.probe_images(dataset, 12)
+    classes = np.unique(dataset.y_train)
+    firsts = [np.flatnonzero(dataset.y_train == c)[0] for c in classes]  # the classes in turn
+    np.testing.assert_array_equal(images[:len(classes)], dataset.x_train[firsts][:12])
+    for i in (0, len(rows) - 1):
+        module, variables, _ = snapshots.load_model(fake_zoo, rows[i]["model_id"], rows[i]["snapshot"])
+        z = inference.logits(module, variables, images)
+        np.testing.assert_allclose(out[i], reps.output_statistics(z[None])[0], atol=1e-5)
+
+
+def test_joined_representation_is_its_parts_side_by_side_each_fitted_as_alone():
+    rng = np.random.default_rng(0)
+    raw = dict(weight_stats=rng.normal(size=(20, 3)), pca=rng.normal(size=(20, 6)))
+    config, train = bench_configs.get_config("tiny"), np.arange(20) < 12
+    pca = bench.features(raw, "pca", train, config)
+    assert pca.shape == (20, config.bench.pca_components)
+    np.testing.assert_array_equal(bench.features(raw, "weight_stats+pca", train, config),
+                                  np.concatenate([raw["weight_stats"], pca], 1))
+
+
 def test_snapshot_scores_apply_each_model_with_its_own_activation_and_train_images(fake_zoo, tmp_path):
     # the fake zoo with model 3 declared a tanh network (its weights stay the ReLU ones) trained on
     # half its task's images
@@ -131,7 +166,9 @@ def test_tiny_benchmark_writes_results_per_representation_and_property(bench_wor
     out = os.path.join(bench_workdir, "bench_properties")
     with open(os.path.join(out, "results.json")) as f:
         results = json.load(f)
-    assert set(results) == {"weight_stats", "delta_stats", "pca"}  # no ae or sane stage ran here
+    # no ae or sane stage ran here
+    assert set(results) == {"weight_stats", "delta_stats", "pca", "probe_outputs",
+                            "weight_stats+probe_outputs"}
     for cells in results.values():
         # the fake zoo has one learning rate and one optimizer: nothing to predict there
         assert set(cells) == {"val_accuracy", "val_loss", "generalisation_gap", "step"}

@@ -46,8 +46,9 @@ def check_config(config):
     require(len(b.seeds) >= 1, "config.bench.seeds must name at least one seed")
     require(0 < b.held_out_fraction < 1,
             f"config.bench.held_out_fraction must be in (0, 1), got {b.held_out_fraction}")
-    unknown = set(b.representations) - set(reps.NAMES)
-    require(not unknown, f"config.bench.representations: unknown {sorted(unknown)}; use {reps.NAMES}")
+    unknown = {p for n in b.representations for p in n.split("+")} - set(reps.NAMES)
+    require(not unknown, f"config.bench.representations: unknown {sorted(unknown)}; use {reps.NAMES} "
+            "or several joined by '+' (their features side by side)")
     unknown = set(b.properties) - set(REGRESSION)
     require(not unknown, f"config.bench.properties: unknown {sorted(unknown)}; use {REGRESSION}")
     require(b.cv_folds >= 2, f"config.bench.cv_folds must be >= 2, got {b.cv_folds}")
@@ -112,7 +113,7 @@ def reliability(halves, name, mask):
     images, so what is specific to those images is learnable across class sets."""
     a = halves["val_loss"] - halves["train_loss"] if name == "generalisation_gap" else halves[name]
     r = np.corrcoef(a[mask, 0], a[mask, 1])[0, 1]
-    return float(max(0.0, 2 * r / (1 + r)))
+    return float(2 * r / (1 + r)) if r > 0 else 0.0  # also 0 for a NaN r
 
 
 def target(rows, name, train_loss):
@@ -187,10 +188,15 @@ def cell(x, y, m, folds, config, key, categorical, log_scale):
 
 
 def features(raw, name, train, config):
-    """The representation's features; 'pca' projected on directions fitted on the train rows."""
-    if name == "pca":
-        return reps.pca_projection(raw, np.flatnonzero(train), config.bench.pca_components)
-    return raw
+    """The features of representation `name` ('a+b': a's and b's side by side) from `raw`
+    {representation: raw features}; 'pca' projected on directions fitted on the train rows."""
+    out = []
+    for part in name.split("+"):
+        x = raw[part]
+        if part == "pca":
+            x = reps.pca_projection(x, np.flatnonzero(train), config.bench.pca_components)
+        out.append(x)
+    return np.concatenate(out, axis=1)
 
 
 def summarise(per_seed, kind):
@@ -271,15 +277,15 @@ def run(config, workdir):
     names = reps.available(workdir, b.representations)
     skipped = sorted(set(b.representations) - set(names))
     if skipped:
-        logging.warning("bench_properties: no %s stage in %s: those representations are skipped",
-                        "/".join(skipped), workdir)
+        logging.warning("bench_properties: %s read a stage that has not run in %s: skipped",
+                        ", ".join(skipped), workdir)
     raw = {}
-    for n in names:
+    for n in dict.fromkeys(p for name in names for p in name.split("+")):
         tic = time.time()
-        raw[n] = reps.load(workdir, n, rows)
+        raw[n] = reps.load(workdir, n, rows, b.probe_images)
         logging.info("bench_properties: %s features %s in %.1f s", n, raw[n].shape, time.time() - tic)
     inputs = {s: contract.current(workdir, s)["fingerprint"]
-              for s in ["zoo"] + [reps.OUTPUTS[n][0] for n in names if n in reps.OUTPUTS]}
+              for s in ["zoo"] + [reps.OUTPUTS[n][0] for n in raw if n in reps.OUTPUTS]}
     measured = snapshot_scores(workdir, rows, b.train_images, os.path.join(out_dir, "train_scores.npz"))
     values = {p: target(rows, p, measured["train_loss"]) for p in b.properties}
 
@@ -300,7 +306,7 @@ def run(config, workdir):
         key = jax.random.key(seed)
         results, seed_predictions = {}, {}
         for rep in names:
-            x = features(raw[rep], rep, m["train"], config)
+            x = features(raw, rep, m["train"], config)
             results[rep], seed_predictions[rep] = {}, {}
             for i, (prop, (y, is_categorical)) in enumerate(targets.items()):
                 probes_out, best, pred = cell(x, y, m, folds, config, jax.random.fold_in(key, i),

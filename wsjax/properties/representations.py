@@ -10,12 +10,21 @@
                    coefficients (concatenated over parameters), fitted on the rows given
     ae             the ae stage's latent
     sane           the sane stage's embedding (mean over tokens of the encoder output)
+    probe_outputs  what the network does on fixed probe inputs (Kahana et al. 2024, "Deep linear
+                   probe generators for weight space learning": probing beat weight-space
+                   encoders): the same unlabelled train images for every network, drawn over all
+                   classes; per image its class probabilities sorted (output slots carry no
+                   meaning across class sets), then over images the mean, std and quantiles of
+                   the top probability, the margin and the entropy. A functional
+                   representation: it reads the weights through a forward pass, labels unused
 """
 import os
 
 import jax
 import numpy as np
+from scipy.special import log_softmax
 
+from wsjax.common import config as config_lib
 from wsjax.common import contract
 from wsjax.common.config import require
 from wsjax.sane import tokens
@@ -24,7 +33,7 @@ from wsjax.zoo import snapshots
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 # Representations read from another stage: that stage and the file it writes them to.
 OUTPUTS = {"pca": ("pca", "coeffs.npz"), "ae": ("ae", "latents.npz"), "sane": ("sane", "embeddings.npz")}
-NAMES = ("weight_stats", "delta_stats", "pca", "ae", "sane")
+NAMES = ("weight_stats", "delta_stats", "pca", "ae", "sane", "probe_outputs")
 
 
 def weight_statistics(stacked):
@@ -47,6 +56,42 @@ def delta_statistics(stacked, reference):
     return np.concatenate([weight_statistics(delta)] + distance, axis=1)
 
 
+def output_statistics(logits):
+    """[N, n x k + 21] of logits [N, n, k] (N networks on n probe images): probe_outputs."""
+    logp = log_softmax(np.asarray(logits, np.float64), axis=-1)
+    p = -np.sort(-np.exp(logp), axis=-1)  # per image, descending
+    entropy = -(np.exp(logp) * logp).sum(-1)
+    summary = []
+    for v in (p[..., 0], p[..., 0] - p[..., 1], entropy):  # [N, n] each
+        summary += [v.mean(1, keepdims=True), v.std(1, keepdims=True), np.quantile(v, QUANTILES, axis=1).T]
+    return np.concatenate([p.reshape(len(p), -1)] + summary, axis=1).astype(np.float32)
+
+
+def probe_images(dataset, num_images):
+    """`num_images` train images, the same for any zoo on this data: the classes in turn, each
+    its first images in dataset order."""
+    per_class = [np.flatnonzero(dataset.y_train == c) for c in np.unique(dataset.y_train)]
+    order = [i for column in zip(*per_class) for i in column]  # class 0, 1, ..., 0, 1, ...
+    require(num_images <= len(order), f"probe_images={num_images} exceeds the {len(order)} probes "
+            "this dataset's smallest class allows")
+    return dataset.x_train[np.asarray(order[:num_images])]
+
+
+def probe_outputs(workdir, rows, num_images):
+    """output_statistics of every snapshot of `rows` on probe_images, each model built with its
+    own activation."""
+    from wsjax import data, models
+    from wsjax.models import inference
+    zoo = config_lib.load(workdir, "zoo")
+    images, modules = probe_images(data.load(zoo.data), num_images), {}
+
+    def statistics(stacked, row):
+        if row["activation"] not in modules:
+            modules[row["activation"]] = models.build(zoo.model, zoo.tasks.k, row["activation"])
+        return output_statistics(inference.logits_stack(modules[row["activation"]], stacked, images))
+    return zoo_statistics(workdir, rows, statistics)
+
+
 def reference_network(workdir, rows):
     """The earliest train snapshot among manifest `rows` (the first by step, then row order):
     the sane stage's alignment reference; under a shared init, the init."""
@@ -58,15 +103,15 @@ def reference_network(workdir, rows):
 
 
 def zoo_statistics(workdir, rows, statistics):
-    """statistics(stacked) [n, F] of every snapshot of `rows` (manifest rows), in their order,
-    read one model's snapshots at a time."""
+    """statistics(stacked, row) [n, F] of every snapshot of `rows` (manifest rows), in their
+    order, read one model's snapshots at a time (`row`: the model's first among `rows`)."""
     index = snapshots.snapshot_index(snapshots.read_manifest(workdir))
     by_model = {}
     for i, r in enumerate(rows):
         by_model.setdefault(r["model_id"], []).append((i, index[(r["model_id"], r["snapshot"])]))
     out = None
     for model_id, pairs in by_model.items():
-        stats = statistics(snapshots.load_snapshots(workdir, model_id))
+        stats = statistics(snapshots.load_snapshots(workdir, model_id), rows[pairs[0][0]])
         out = np.empty((len(rows), stats.shape[1]), np.float32) if out is None else out
         for i, j in pairs:
             out[i] = stats[j]
@@ -90,19 +135,22 @@ def pca_projection(coeffs, fit_idx, num_components):
 
 
 def available(workdir, names):
-    """The representations of `names` whose stage has finished in `workdir` (those computed from
-    the zoo's snapshots, not in OUTPUTS, always)."""
-    return [n for n in names if n not in OUTPUTS or os.path.exists(os.path.join(workdir, *OUTPUTS[n]))]
+    """The representations of `names` ('a+b': each part) whose stages have finished in `workdir`
+    (those computed from the zoo's snapshots, not in OUTPUTS, always)."""
+    return [n for n in names if all(p not in OUTPUTS or os.path.exists(os.path.join(workdir, *OUTPUTS[p]))
+                                    for p in n.split("+"))]
 
 
-def load(workdir, name, rows):
+def load(workdir, name, rows, probe_images=128):
     """Raw features [N, F] of representation `name` for manifest `rows` (pca: all coefficients;
     the projection is fitted per split by the caller)."""
     if name == "weight_stats":
-        return zoo_statistics(workdir, rows, weight_statistics)
+        return zoo_statistics(workdir, rows, lambda stacked, _: weight_statistics(stacked))
     if name == "delta_stats":
         reference = reference_network(workdir, rows)
-        return zoo_statistics(workdir, rows, lambda stacked: delta_statistics(stacked, reference))
+        return zoo_statistics(workdir, rows, lambda stacked, _: delta_statistics(stacked, reference))
+    if name == "probe_outputs":
+        return probe_outputs(workdir, rows, probe_images)
     contract.current(workdir, OUTPUTS[name][0])  # built from the zoo that is there now
     if name == "pca":
         from wsjax import pca
