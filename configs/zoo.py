@@ -69,6 +69,9 @@ def get_config(arg=None):
         dropout_rates=(0.0,),          # drawn per model: dropout on the pooled features before
                                        # the head, in training (any rate > 0: every model's
                                        # state carries a rate and key, one compiled step for all)
+        label_noises=(0.0,),           # drawn per model: share of its train images labelled as
+                                       # another of its classes (fixed from its seed): noise to
+                                       # memorise, a second axis of generalisation
         adam_lr=(1e-3, 1e-2),          # log-uniform
         sgd_lr=(1e-2, 1e-1),           # log-uniform
         momentum=(0.8, 0.95),          # uniform, SGD only

@@ -45,7 +45,7 @@ def write_fake_zoo(workdir, num_models=12, rank=3, seed=0):
                 classes=data.tasks.format_classes(tasks[m]), split=splits[m], status="ok",
                 optimizer="adam", learning_rate=1e-3, weight_decay=0.0, momentum=0.0,
                 batch_size=64, init="shared", init_seed=0, init_method="lecun_normal",
-                activation="relu", train_fraction=1.0, dropout_rate=0.0, seed=m,
+                activation="relu", train_fraction=1.0, dropout_rate=0.0, label_noise=0.0, seed=m,
                 train_loss=1.0 / scale, val_loss=1.1 / scale, val_accuracy=0.5 * scale))
         snapshots.save_snapshots(workdir, m, trees)
     snapshots.write_manifest(workdir, rows)

@@ -24,7 +24,8 @@ def get_config(arg=None):
         pca_components=64,        # 'pca': top directions of the train rows' PCA coefficients
         properties=("val_accuracy", "val_loss", "generalisation_gap", "step", "learning_rate"),
         # skipped if absent or one class; train_fraction: how much data, read off the weights
-        categorical=("optimizer", "init_method", "activation", "train_fraction", "dropout_rate"),
+        categorical=("optimizer", "init_method", "activation", "train_fraction", "dropout_rate",
+                     "label_noise"),
         cv_folds=4,               # grouped by class set, over the train rows only
         train_images=512,         # generalisation gap: each snapshot's train loss on this many images
     ))

@@ -10,7 +10,8 @@ from wsjax.zoo import snapshots
 ROW = dict(model_id=0, snapshot="final", step=2, epoch=2, max_epoch=2, classes="0-1-2", split="train",
            status="ok", optimizer="adam", learning_rate=1e-3, weight_decay=0.0, momentum=0.0,
            batch_size=64, init="shared", init_seed=0, init_method="glorot_uniform", activation="tanh",
-           train_fraction=0.5, dropout_rate=0.1, seed=0, train_loss=1.0, val_loss=1.1, val_accuracy=0.5)
+           train_fraction=0.5, dropout_rate=0.1, label_noise=0.2, seed=0, train_loss=1.0, val_loss=1.1,
+           val_accuracy=0.5)
 
 
 @pytest.fixture
@@ -32,13 +33,13 @@ def _edit(path, edit):
 def test_an_intact_manifest_reads_with_types(manifest):
     rows = snapshots.read_manifest(manifest[0])
     assert len(rows) == 6 and rows[0]["classes"] == (0, 1, 2) and rows[0]["val_loss"] == 1.1
-    assert tuple(rows[0][k] for k in ("init_method", "activation", "train_fraction", "dropout_rate")) == (
-        "glorot_uniform", "tanh", 0.5, 0.1)
+    assert tuple(rows[0][k] for k in ("init_method", "activation", "train_fraction", "dropout_rate",
+                                      "label_noise")) == ("glorot_uniform", "tanh", 0.5, 0.1, 0.2)
 
 
 def test_a_manifest_from_before_the_variety_columns_reads_as_the_defaults_it_was_built_with(manifest):
     workdir, path = manifest
-    added = ("init_method", "activation", "train_fraction", "dropout_rate")
+    added = ("init_method", "activation", "train_fraction", "dropout_rate", "label_noise")
     with open(path) as f:
         rows = list(csv.DictReader(f))
     with open(path, "w", newline="") as f:
@@ -46,7 +47,7 @@ def test_a_manifest_from_before_the_variety_columns_reads_as_the_defaults_it_was
         w.writeheader()
         w.writerows({k: v for k, v in r.items() if k not in added} for r in rows)
     row = snapshots.read_manifest(workdir)[0]
-    assert tuple(row[k] for k in added) == ("lecun_normal", "relu", 1.0, 0.0)
+    assert tuple(row[k] for k in added) == ("lecun_normal", "relu", 1.0, 0.0, 0.0)
 
 
 @pytest.mark.parametrize("edit,expected", [

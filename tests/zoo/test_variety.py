@@ -21,8 +21,9 @@ from wsjax.zoo import stage as zoo_stage
 from wsjax.zoo import step as step_lib
 
 VARIETY = dict(init_methods=("he_normal", "orthogonal", "truncated_normal"),
-               activations=("relu", "gelu", "tanh"), train_fractions=(0.5, 1.0), dropout_rates=(0.0, 0.5))
-VARIETY_FIELDS = ("init_method", "activation", "train_fraction", "dropout_rate")  # of ModelSpec
+               activations=("relu", "gelu", "tanh"), train_fractions=(0.5, 1.0), dropout_rates=(0.0, 0.5),
+               label_noises=(0.0, 0.2))
+VARIETY_FIELDS = ("init_method", "activation", "train_fraction", "dropout_rate", "label_noise")  # ModelSpec
 
 
 def _with_variety(config):
@@ -31,6 +32,7 @@ def _with_variety(config):
     config.model.activations = VARIETY["activations"]
     config.train.train_fractions = VARIETY["train_fractions"]
     config.train.dropout_rates = VARIETY["dropout_rates"]
+    config.train.label_noises = VARIETY["label_noises"]
     return config
 
 
@@ -42,7 +44,7 @@ def _variety_config(num_models=6):
 
 def test_variety_axes_leave_every_other_draw_unchanged():
     plain = hparams.sample_specs(zoo_configs.get_config(), 10)
-    default = ("lecun_normal", "relu", 1.0, 0.0)
+    default = ("lecun_normal", "relu", 1.0, 0.0, 0.0)
     assert {tuple(getattr(s, k) for k in VARIETY_FIELDS) for s in plain} == {default}
     config = zoo_configs.get_config()
     config.init = "per_model"
@@ -119,6 +121,17 @@ def test_train_fraction_is_a_fixed_subset_of_the_task_drawn_from_the_model_seed(
     assert not np.array_equal(idx, half(spec.seed + 1)[0])
 
 
+def test_label_noise_relabels_that_share_of_the_train_images_as_another_class_from_the_seed():
+    labels = np.repeat(np.arange(10), 50)
+    classes = (2, 5, 7)
+    clean_idx, clean = hparams.train_indices(labels, classes, 0.5, 3)
+    idx, noisy = hparams.train_indices(labels, classes, 0.5, 3, label_noise=0.2)
+    np.testing.assert_array_equal(idx, clean_idx)  # the same images
+    assert (noisy != clean).sum() == round(0.2 * len(idx)) and set(noisy) <= {0, 1, 2}
+    np.testing.assert_array_equal(noisy, hparams.train_indices(labels, classes, 0.5, 3, label_noise=0.2)[1])
+    assert not np.array_equal(noisy, hparams.train_indices(labels, classes, 0.5, 4, label_noise=0.2)[1])
+
+
 def test_equal_steps_gives_a_model_on_a_fraction_the_steps_of_its_whole_task(tmp_path):
     config = _variety_config(num_models=8)
     config.train.train_fractions = (0.25, 1.0)
@@ -146,6 +159,7 @@ def test_equal_steps_gives_a_model_on_a_fraction_the_steps_of_its_whole_task(tmp
      "config.model.activations must hold one activation under init='pretrained'"),
     (lambda c: setattr(c.train, "train_fractions", (0.0, 1.0)), "config.train.train_fractions"),
     (lambda c: setattr(c.train, "dropout_rates", (0.0, 1.0)), "config.train.dropout_rates"),
+    (lambda c: setattr(c.train, "label_noises", (-0.1,)), "config.train.label_noises"),
 ])
 def test_bad_variety_choice_is_one_clear_error(edit, match):
     config = zoo_configs.get_config("tiny")
@@ -175,6 +189,7 @@ def test_variety_zoo_records_each_models_axes_and_load_model_rebuilds_its_activa
     assert {r["activation"] for r in rows} == {"relu", "tanh"}
     assert {r["train_fraction"] for r in rows} == set(VARIETY["train_fractions"])
     assert {r["dropout_rate"] for r in rows} == set(VARIETY["dropout_rates"])
+    assert {r["label_noise"] for r in rows} == set(VARIETY["label_noises"])
     assert len({r["init_method"] for r in rows}) > 1
     for r in rows:
         s = specs[r["model_id"]]
@@ -198,3 +213,4 @@ def test_variety_fields_are_part_of_the_zoo_fingerprint():
     assert fields["model.activations"] == list(VARIETY["activations"])
     assert fields["train.train_fractions"] == list(VARIETY["train_fractions"])
     assert fields["train.dropout_rates"] == list(VARIETY["dropout_rates"])
+    assert fields["train.label_noises"] == list(VARIETY["label_noises"])

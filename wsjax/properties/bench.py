@@ -87,8 +87,10 @@ def snapshot_scores(workdir, rows, num_images, cache):
             modules[activation] = models.build(zoo.model, zoo.tasks.k, activation)
         module = modules[activation]
         r = rows[members[0]]
-        # train: the images it trained on (a train_fraction model: its subset)
-        idx, local = hparams.train_indices(dataset.y_train, r["classes"], r["train_fraction"], r["seed"])
+        # train: the images it trained on (a train_fraction model: its subset), with the labels it
+        # trained on (label_noise: some of them wrong)
+        idx, local = hparams.train_indices(dataset.y_train, r["classes"], r["train_fraction"], r["seed"],
+                                           r["label_noise"])
         images = dict(train=(dataset.x_train[idx[:num_images]], local[:num_images]),
                       val=data.task_split(dataset, r["classes"], "val"))
         logits = {split: inference.logits_stack(module, stacked, x) for split, (x, _) in images.items()}

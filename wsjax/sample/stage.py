@@ -116,7 +116,8 @@ def run(config, workdir):
             classes=data.tasks.format_classes(classes), split="sampled", status="ok",
             optimizer="", learning_rate=0.0, weight_decay=0.0, momentum=0.0, batch_size=0,
             init="sampled", init_seed=0, init_method="", activation=module.activation,
-            train_fraction=float("nan"), dropout_rate=float("nan"), seed=config.seed + i,
+            train_fraction=float("nan"), dropout_rate=float("nan"), label_noise=float("nan"),
+            seed=config.seed + i,
             train_loss=float("nan"), val_loss=val_loss, val_accuracy=val_acc))
     io.write_json(os.path.join(workdir, root, "request.json"), dict(
         classes=list(classes), target_loss=loss, target_accuracy=acc, sampler=config.sampler,

@@ -4,8 +4,9 @@ Optimizer Adam or SGD at random, learning rate log-uniform in the optimizer's ra
 log-uniform, momentum uniform (SGD), early snapshot epoch ~ U(early_epoch), max epoch ~ a normal
 truncated to `max_epoch_range`, the task's class set (`tasks.models_per_set` models share one), and
 the model's split (train/val/test; a val/test model's class set keeps train models where it can).
-The variety axes (init method, activation, train-set fraction, dropout rate) are drawn uniformly from their
-tuples of choices by a stream of their own, so the draws above stay what they were without them;
+The variety axes (init method, activation, train-set fraction, dropout rate, label noise) are
+drawn uniformly from their tuples of choices by a stream of their own, so the draws above stay
+what they were without them;
 with `train.equal_steps`, a model on a fraction trains more epochs over it (`equal_steps`).
 
 Snapshots follow one of two schedules: the thesis's ('early' at the early epoch, 'final' at the max
@@ -41,6 +42,7 @@ class ModelSpec:
     activation: str     # 'relu' | 'gelu' | 'tanh'
     train_fraction: float  # share of its task's train images it trains on
     dropout_rate: float = 0.0  # on the pooled features before the head, in training
+    label_noise: float = 0.0   # share of its train images whose label is another class
 
 
 def validate(config):
@@ -92,13 +94,14 @@ def validate(config):
     fractions = tuple(t.train_fractions)
     require(len(fractions) >= 1 and all(0 < f <= 1 for f in fractions),
             f"config.train.train_fractions must be a non-empty tuple of values in (0, 1], got {fractions}")
-    rates = dropout_rates(config)
-    require(len(rates) >= 1 and all(0 <= r < 1 for r in rates),
-            f"config.train.dropout_rates must be a non-empty tuple of values in [0, 1), got {rates}")
+    for field in ("dropout_rates", "label_noises"):
+        values = _choices(config, field)
+        require(len(values) >= 1 and all(0 <= v < 1 for v in values),
+                f"config.train.{field} must be a non-empty tuple of values in [0, 1), got {values}")
 
 
-def dropout_rates(config):
-    return tuple(config.train.get("dropout_rates", (0.0,)))  # configs older than the field: none
+def _choices(config, field):
+    return tuple(config.train.get(field, (0.0,)))  # configs older than the field: none
 
 
 def _require_choices(field, choices, allowed):
@@ -168,24 +171,31 @@ def sample_specs(config, num_classes):
     method = variety.choice(list(config.init_methods), n)
     act = variety.choice(list(config.model.activations), n)
     fraction = variety.choice(list(t.train_fractions), n)
-    dropout = variety.choice(list(dropout_rates(config)), n)
+    dropout = variety.choice(list(_choices(config, "dropout_rates")), n)
+    noise = variety.choice(list(_choices(config, "label_noises")), n)
     return [ModelSpec(i, tuple(int(c) for c in tasks[i]), str(split[i]), str(opt[i]), float(lr[i]),
                       float(wd[i]), float(mom[i]), int(early[i]), int(final[i]),
                       int(config.seed) * 1_000_003 + i, str(method[i]), str(act[i]),
-                      float(fraction[i]), float(dropout[i]))
+                      float(fraction[i]), float(dropout[i]), float(noise[i]))
             for i in range(n)]
 
 
-def train_indices(labels, classes, train_fraction, seed):
+def train_indices(labels, classes, train_fraction, seed, label_noise=0.0):
     """(indices into the train images, local labels) a model trains on: its task's images, or a
-    `train_fraction` share of them drawn from its data seed (in index order)."""
+    `train_fraction` share of them drawn from its data seed (in index order); with `label_noise`,
+    that share of them (drawn from its seed too) labelled as another of its classes, uniformly."""
     idx, local = task_indices(labels, classes)
-    if train_fraction == 1.0:
-        return idx, local
-    # a stream apart from the data order's, default_rng([seed, epoch])
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
-    keep = np.sort(rng.permutation(len(idx))[:max(1, round(train_fraction * len(idx)))])
-    return idx[keep], local[keep]
+    if train_fraction < 1.0:
+        # streams apart from the data order's, default_rng([seed, epoch])
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
+        keep = np.sort(rng.permutation(len(idx))[:max(1, round(train_fraction * len(idx)))])
+        idx, local = idx[keep], local[keep]
+    if label_noise > 0:
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2,)))
+        flip = rng.permutation(len(idx))[:round(label_noise * len(idx))]
+        local = local.copy()
+        local[flip] = (local[flip] + rng.integers(1, len(classes), len(flip))) % len(classes)
+    return idx, local
 
 
 def equal_steps(specs, labels, own_steps, batch_size):

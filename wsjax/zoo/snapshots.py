@@ -28,13 +28,15 @@ from wsjax.data.tasks import parse_class_sets
 MANIFEST_FIELDS = (
     "model_id", "snapshot", "step", "epoch", "max_epoch", "classes", "split", "status", "optimizer",
     "learning_rate", "weight_decay", "momentum", "batch_size", "init", "init_seed", "init_method",
-    "activation", "train_fraction", "dropout_rate", "seed", "train_loss", "val_loss", "val_accuracy",
+    "activation", "train_fraction", "dropout_rate", "label_noise", "seed", "train_loss", "val_loss",
+    "val_accuracy",
 )
 _INT = ("model_id", "step", "epoch", "max_epoch", "batch_size", "init_seed", "seed")
-_FLOAT = ("learning_rate", "weight_decay", "momentum", "train_fraction", "dropout_rate", "train_loss",
-          "val_loss", "val_accuracy")
+_FLOAT = ("learning_rate", "weight_decay", "momentum", "train_fraction", "dropout_rate", "label_noise",
+          "train_loss", "val_loss", "val_accuracy")
 # Columns added after zoos were first written: a manifest without them reads as what its models had.
-_ADDED = dict(init_method="lecun_normal", activation="relu", train_fraction="1.0", dropout_rate="0.0")
+_ADDED = dict(init_method="lecun_normal", activation="relu", train_fraction="1.0", dropout_rate="0.0",
+              label_noise="0.0")
 
 
 def zoo_dir(workdir, root="zoo"):

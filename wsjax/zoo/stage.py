@@ -146,7 +146,7 @@ def _row(config, spec, tag, status, metrics):
                 batch_size=int(config.train.batch_size), init=config.init,
                 init_seed=int(config.init_seed), init_method=spec.init_method,
                 activation=spec.activation, train_fraction=spec.train_fraction,
-                dropout_rate=spec.dropout_rate, seed=spec.seed,
+                dropout_rate=spec.dropout_rate, label_noise=spec.label_noise, seed=spec.seed,
                 train_loss=float(m["train_loss"]),
                 val_loss=float(m["val_loss"]), val_accuracy=float(m["val_accuracy"]))
 
@@ -351,8 +351,8 @@ def prepare(config, workdir):
     strategy = resolve_strategy(config)
     size = 1 if strategy == "sequential" else int(config.cohort_size) * num_devices
     os.makedirs(snapshots.zoo_dir(workdir), exist_ok=True)
-    task_idx = {s.model_id: hparams.train_indices(dataset.y_train, s.classes, s.train_fraction, s.seed)
-                for s in specs}
+    task_idx = {s.model_id: hparams.train_indices(dataset.y_train, s.classes, s.train_fraction, s.seed,
+                                                  s.label_noise) for s in specs}
     b = int(config.train.batch_size)
     fewest = min(specs, key=lambda s: len(task_idx[s.model_id][0]))
     require(len(task_idx[fewest.model_id][0]) >= b,
