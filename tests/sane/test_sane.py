@@ -11,6 +11,7 @@ from conftest import fake_zoo_copy
 from wsjax import models, sane, stages
 from wsjax.common import config as config_lib
 from wsjax.sane import sample as sane_sample
+from wsjax.sane import stage as sane_stage
 from wsjax.sane import tokens
 from wsjax.zoo import snapshots
 from wsjax.zoo import step as step_lib
@@ -61,6 +62,12 @@ def test_tokens_hold_every_value_once_in_forward_order(fake_zoo):
     first = variables["params"]["conv1"]["kernel"][..., 0].reshape(-1)  # stem's channel 0 leads
     np.testing.assert_array_equal(tok[0, :first.size], first)
     assert layout.segment[0] == 0 and layout.segment[-1] == layout.num_segments - 1
+
+
+def test_embedding_calls_take_64_small_networks_but_few_width_64_ones():
+    assert sane_stage.networks_per_call(300) == 64     # a width-4 ResNet-18 at token_size 292
+    assert sane_stage.networks_per_call(42_950) == 4   # width 64 at 288: 64 needed 89 GiB on an H100
+    assert sane_stage.networks_per_call(10 ** 7) == 1
 
 
 def test_tokens_detokenize_back_to_the_same_variables(fake_zoo):

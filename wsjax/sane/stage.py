@@ -81,6 +81,16 @@ def paths(workdir):
                 metrics=os.path.join(d, "metrics.json"))
 
 
+# Tokens per jitted embed/decode call: 64 networks of a width-4 ResNet-18 (~300 tokens) in one call,
+# but 4 at width 64 (42,950 tokens at token_size 288): 64 of those needed 89 GiB on an H100.
+TOKENS_PER_CALL = 1 << 18
+
+
+def networks_per_call(num_tokens):
+    """The power of two of networks, 1 to 64, whose tokens fit TOKENS_PER_CALL."""
+    return 1 << max(0, min(6, (TOKENS_PER_CALL // num_tokens).bit_length() - 1))
+
+
 class Codec:
     """The trained SANE: `embed(stacked variables [N, ...])` -> [N, latent_dim] (the mean over
     tokens), `latents` -> per-token latents [N, T, latent_dim], `decode(latents)` -> stacked
@@ -91,21 +101,22 @@ class Codec:
         self.module, self.params, self.layout, self.reference = module, params, layout, reference
         template = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.float32), template)
         self.window = min(window, layout.num_tokens)
+        self.chunk = networks_per_call(layout.num_tokens)
         norm = (jnp.asarray(mean), jnp.asarray(std))
         self._latents = jax.jit(functools.partial(_latents, module, layout, self.window, params, *norm))
         self._decode = jax.jit(functools.partial(_decode, module, layout, self.window, params, *norm,
                                                  template))
 
-    def latents(self, stacked, chunk=64):
+    def latents(self, stacked):
         if self.reference is not None:
             stacked = tokens_lib.align_channels(jax.device_get(stacked), self.reference)
-        return inference.map_chunks(self._latents, stacked, chunk)
+        return inference.map_chunks(self._latents, stacked, self.chunk)
 
-    def embed(self, stacked, chunk=64):
-        return self.latents(stacked, chunk).mean(1)
+    def embed(self, stacked):
+        return self.latents(stacked).mean(1)
 
-    def decode(self, z, chunk=64):
-        return inference.map_chunks(self._decode, z, chunk)
+    def decode(self, z):
+        return inference.map_chunks(self._decode, z, self.chunk)
 
 
 def _normalised(layout, mean, std, stacked):
