@@ -6,8 +6,8 @@ truncated to `max_epoch_range`, the task's class set (`tasks.models_per_set` mod
 the model's split (train/val/test; a val/test model's class set keeps train models where it can).
 The variety axes (init method, activation, train-set fraction, dropout rate, label noise) are
 drawn uniformly from their tuples of choices by a stream of their own, so the draws above stay
-what they were without them;
-with `train.equal_steps`, a model on a fraction trains more epochs over it (`equal_steps`).
+what they were without them; with `train.equal_steps`, a model on a fraction trains more epochs
+over it (`equal_steps`).
 
 Snapshots follow one of two schedules: the thesis's ('early' at the early epoch, 'final' at the max
 epoch) when `train.snapshot_steps` is empty, else a step schedule ('step<N>' at each listed step
@@ -41,8 +41,8 @@ class ModelSpec:
     init_method: str    # kernel initializer (wsjax.zoo.init.INIT_METHODS)
     activation: str     # 'relu' | 'gelu' | 'tanh'
     train_fraction: float  # share of its task's train images it trains on
-    dropout_rate: float = 0.0  # on the pooled features before the head, in training
-    label_noise: float = 0.0   # share of its train images whose label is another class
+    dropout_rate: float    # on the pooled features before the head, in training
+    label_noise: float     # share of its train images whose label is another class
 
 
 def validate(config):
