@@ -58,12 +58,23 @@ def test_delta_statistics_measure_from_the_reference_and_ignore_channel_permutat
 def test_output_statistics_ignore_which_output_slot_holds_a_class():
     logits = np.random.default_rng(0).normal(size=(2, 5, 3))
     out = reps.output_statistics(logits)
-    assert out.shape == (2, 5 * 3 + 21)
+    assert out.shape == (2, 5 * 3 + 24 + 2 * 3)
     np.testing.assert_allclose(reps.output_statistics(logits[..., ::-1]), out, rtol=1e-6)
     p = np.exp(logits[1, 2]) / np.exp(logits[1, 2]).sum()
     np.testing.assert_allclose(out[1, 6:9], np.sort(p)[::-1], rtol=1e-6)  # image 2 of network 1
     confident = reps.output_statistics(10 * logits)
     assert confident[:, 15].mean() > out[:, 15].mean()  # mean top probability over images
+
+
+def test_output_statistics_tell_one_slot_for_every_image_from_images_split_among_slots():
+    one_slot = np.tile([2.0, 0.0, 0.0], (1, 6, 1))
+    split = np.stack([np.roll([2.0, 0.0, 0.0], i % 3) for i in range(6)])[None]
+    a, b = reps.output_statistics(one_slot)[0], reps.output_statistics(split)[0]
+    per_image = 6 * 3 + 21
+    np.testing.assert_allclose(a[:per_image], b[:per_image], atol=1e-6)  # alike image by image
+    np.testing.assert_allclose(a[per_image:per_image + 3], [0, 0, 1])    # argmax shares, sorted
+    np.testing.assert_allclose(b[per_image:per_image + 3], [1 / 3] * 3, rtol=1e-6)
+    assert abs(a[-2]) < 1e-6 < b[-2]  # mutual information of image and slot
 
 
 def test_probe_outputs_run_every_snapshot_on_the_same_probe_images(fake_zoo):

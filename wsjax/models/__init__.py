@@ -1,2 +1,2 @@
 """Networks the zoo trains."""
-from wsjax.models.resnet import ACTIVATIONS, ResNet18, build, count_params
+from wsjax.models.resnet import ACTIVATIONS, ResNet18, build, builder, count_params

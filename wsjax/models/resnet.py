@@ -146,6 +146,12 @@ class ResNet18(nn.Module):
         return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x).astype(jnp.float32)
 
 
+def builder(config, num_classes):
+    """activation -> build(config, num_classes, activation), each built once: for readers of a zoo
+    whose models may mix activations (each model its manifest row's)."""
+    return functools.cache(lambda activation: build(config, num_classes, activation))
+
+
 def build(config, num_classes, activation=None):
     """ResNet18 from a model ConfigDict (width, stem, dtype, activations). A zoo drawing several
     `activations` per model builds each model with its own (`activation`, its manifest row's)."""

@@ -73,7 +73,7 @@ def snapshot_scores(workdir, rows, num_images, cache):
             if str(f["zoo"]) == fingerprint and int(f["num_images"]) == num_images and "val_loss" in f:
                 return dict(train_loss=f["loss"], halves={n: f[n] for n in names})
     zoo = config_lib.load(workdir, "zoo")
-    dataset, modules = data.load(zoo.data), {}
+    dataset, module_of = data.load(zoo.data), models.builder(zoo.model, zoo.tasks.k)
     index = snapshots.snapshot_index(snapshots.read_manifest(workdir))
     loss, halves = np.empty(len(rows)), {n: np.empty((len(rows), 2)) for n in names}
     by_model = {}
@@ -82,11 +82,8 @@ def snapshot_scores(workdir, rows, num_images, cache):
     for model_id, members in tqdm(by_model.items(), desc="bench_properties: train scores", unit="model",
                                   leave=False):
         stacked = snapshots.load_snapshots(workdir, model_id)
-        activation = rows[members[0]]["activation"]  # a zoo may mix them: each model its own
-        if activation not in modules:
-            modules[activation] = models.build(zoo.model, zoo.tasks.k, activation)
-        module = modules[activation]
         r = rows[members[0]]
+        module = module_of(r["activation"])  # a zoo may mix them: each model its own
         # train: the images it trained on (a train_fraction model: its subset), with the labels it
         # trained on (label_noise: some of them wrong)
         idx, local = hparams.train_indices(dataset.y_train, r["classes"], r["train_fraction"], r["seed"],

@@ -15,8 +15,10 @@
                    encoders): the same unlabelled train images for every network, drawn over all
                    classes; per image its class probabilities sorted (output slots carry no
                    meaning across class sets), then over images the mean, std and quantiles of
-                   the top probability, the margin and the entropy. A functional
-                   representation: it reads the weights through a forward pass, labels unused
+                   the top probability, the margin and the entropy, and how the network spreads
+                   the images over its slots (each slot's share of them, the mutual information
+                   of image and slot). A functional representation: it reads the weights
+                   through a forward pass, labels unused
 """
 import os
 
@@ -57,14 +59,27 @@ def delta_statistics(stacked, reference):
 
 
 def output_statistics(logits):
-    """[N, n x k + 21] of logits [N, n, k] (N networks on n probe images): probe_outputs."""
-    logp = log_softmax(np.asarray(logits, np.float64), axis=-1)
-    p = -np.sort(-np.exp(logp), axis=-1)  # per image, descending
-    entropy = -(np.exp(logp) * logp).sum(-1)
+    """[N, n x k + 24 + 2k] of logits [N, n, k] (N networks on n probe images): probe_outputs."""
+    logits = np.asarray(logits, np.float64)
+    logp = log_softmax(logits, axis=-1)
+    prob = np.exp(logp)
+    p = -np.sort(-prob, axis=-1)  # per image, descending
+    entropy = -(prob * logp).sum(-1)
     summary = []
     for v in (p[..., 0], p[..., 0] - p[..., 1], entropy):  # [N, n] each
         summary += [v.mean(1, keepdims=True), v.std(1, keepdims=True), np.quantile(v, QUANTILES, axis=1).T]
-    return np.concatenate([p.reshape(len(p), -1)] + summary, axis=1).astype(np.float32)
+    # Across images, which per-image sorting cannot see: one slot taking every image and the
+    # images split among the slots look alike image by image. Each slot's share of the argmax and
+    # its mean probability (sorted), the entropy of the mean prediction, its excess over the mean
+    # entropy (the mutual information of image and slot) and the logits' scale.
+    k = prob.shape[-1]
+    share = (prob.argmax(-1)[..., None] == np.arange(k)).mean(1)
+    marginal = prob.mean(1)
+    marginal_entropy = -(marginal * np.log(marginal)).sum(1, keepdims=True)
+    scale = np.log(np.maximum((logits - logits.mean(-1, keepdims=True)).std((1, 2)), 1e-12))[:, None]
+    spread = [np.sort(share, 1), np.sort(marginal, 1), marginal_entropy,
+              marginal_entropy - entropy.mean(1, keepdims=True), scale]
+    return np.concatenate([p.reshape(len(p), -1)] + summary + spread, axis=1).astype(np.float32)
 
 
 def probe_images(dataset, num_images):
@@ -83,12 +98,10 @@ def probe_outputs(workdir, rows, num_images):
     from wsjax import data, models
     from wsjax.models import inference
     zoo = config_lib.load(workdir, "zoo")
-    images, modules = probe_images(data.load(zoo.data), num_images), {}
+    images, module_of = probe_images(data.load(zoo.data), num_images), models.builder(zoo.model, zoo.tasks.k)
 
     def statistics(stacked, row):
-        if row["activation"] not in modules:
-            modules[row["activation"]] = models.build(zoo.model, zoo.tasks.k, row["activation"])
-        return output_statistics(inference.logits_stack(modules[row["activation"]], stacked, images))
+        return output_statistics(inference.logits_stack(module_of(row["activation"]), stacked, images))
     return zoo_statistics(workdir, rows, statistics)
 
 
