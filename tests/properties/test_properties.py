@@ -191,8 +191,20 @@ def test_tiny_benchmark_writes_results_per_representation_and_property(bench_wor
     assert details["skipped"] == ["ae", "sane"] and set(details["inputs"]) == {"zoo", "pca"}
     assert set(details["split_half_reliability"]) == set(bench.MEASURED)
     assert all(0 <= c["mean"] <= 1 for c in details["split_half_reliability"].values())
+    assert set(details["identical_network_ceiling"]) == set(cells)
+    assert all(0.999 < c["mean"] <= 1 for c in details["identical_network_ceiling"].values())  # all distinct
     assert os.path.exists(os.path.join(out, "report.md"))
     assert os.path.exists(os.path.join(out, "predicted_vs_true.png"))
+
+
+def test_identical_networks_share_an_id_and_cap_r2_at_their_group_means(fake_zoo):
+    rows = [r for r in snapshots.read_manifest(fake_zoo) if r["model_id"] in (0, 1)]
+    networks = bench.identical_networks(fake_zoo, rows + rows[:1])  # the first snapshot twice
+    assert len(set(networks[:-1])) == len(rows) and networks[-1] == networks[0]
+    y, mask = np.array([1.0, 3.0, 5.0, 7.0, 0.0]), np.array([True, True, True, True, False])
+    groups = np.array([0, 0, 1, 2, 2])  # rows 0 and 1 identical: one prediction, 2.0, for both
+    assert abs(bench.ceiling(y, groups, mask) - (1 - 2 / 20)) < 1e-12
+    assert bench.ceiling(y, np.arange(5), mask) == 1.0
 
 
 def test_split_half_reliability_is_the_share_of_variance_that_is_not_noise():

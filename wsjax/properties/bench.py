@@ -16,6 +16,7 @@ includes the held-out class sets' train models (their properties were never seen
     bench_properties/details.json          both kinds of held-out models, every probe, every seed
     bench_properties/report.md             the tables; predicted_vs_true.png (seed 0)
 """
+import hashlib
 import os
 import time
 
@@ -113,6 +114,23 @@ def reliability(halves, name, mask):
     a = halves["val_loss"] - halves["train_loss"] if name == "generalisation_gap" else halves[name]
     r = np.corrcoef(a[mask, 0], a[mask, 1])[0, 1]
     return float(2 * r / (1 + r)) if r > 0 else 0.0  # also 0 for a NaN r
+
+
+def identical_networks(workdir, rows):
+    """[N] ids of manifest `rows`, equal where their snapshots hold bitwise the same variables
+    (under a shared init, every model's step 0)."""
+    def digests(stacked, _):
+        leaves = [np.asarray(x).reshape(len(x), -1) for x in jax.tree_util.tree_leaves(stacked)]
+        return np.array([[hashlib.sha1(b"".join(leaf[j].tobytes() for leaf in leaves)).hexdigest()]
+                         for j in range(len(leaves[0]))])
+    return np.unique(reps.zoo_statistics(workdir, rows, digests)[:, 0], return_inverse=True)[1]
+
+
+def ceiling(y, networks, mask):
+    """The highest R² any function of the network can reach on the rows of `mask`: identical
+    networks (`networks`: identical_networks) get one prediction, at best their mean."""
+    y, (_, group) = y[mask], np.unique(networks[mask], return_inverse=True)
+    return probes.r2(y, (np.bincount(group, y) / np.bincount(group))[group])
 
 
 def target(rows, name, train_loss):
@@ -287,8 +305,9 @@ def run(config, workdir):
               for s in ["zoo"] + [reps.OUTPUTS[n][0] for n in raw if n in reps.OUTPUTS]}
     measured = snapshot_scores(workdir, rows, b.train_images, os.path.join(out_dir, "train_scores.npz"))
     values = {p: target(rows, p, measured["train_loss"]) for p in b.properties}
+    networks = identical_networks(workdir, rows)
 
-    per_seed, reliabilities, predictions, props = [], [], None, None
+    per_seed, reliabilities, ceilings, predictions, props = [], [], [], None, None
     for seed in b.seeds:
         m = masks(rows, seed, b.held_out_fraction)
         require(m["train"].sum() >= 2 and m["held_out_class_sets"].any(),
@@ -298,6 +317,7 @@ def run(config, workdir):
                               for p in values if p in MEASURED})
         # a property constant on the train rows (one learning rate, say) has nothing to predict
         targets = {p: (y, False) for p, y in values.items() if y[m["train"]].std() > 0}
+        ceilings.append({p: ceiling(y, networks, m["held_out_class_sets"]) for p, (y, _) in targets.items()})
         categorical = categorical_targets(rows, b.categorical, m["train"])
         targets.update({p: (y, True) for p, y in categorical.items()})
         props = list(targets)
@@ -319,12 +339,14 @@ def run(config, workdir):
 
     summary = {kind: summarise(per_seed, kind) for kind in SCORED_ON}
     regression = [p for p in props if p in REGRESSION]
-    split_half = {p: dict(mean=float(np.mean([c[p] for c in reliabilities])),
-                          std=float(np.std([c[p] for c in reliabilities]))) for p in reliabilities[0]}
+    split_half, identical = (
+        {p: dict(mean=float(np.mean([c[p] for c in runs])), std=float(np.std([c[p] for c in runs])))
+         for p in runs[0]} for runs in (reliabilities, ceilings))
     io.write_json(os.path.join(out_dir, "results.json"), summary["held_out_class_sets"])
     io.write_json(os.path.join(out_dir, "details.json"), dict(
         seeds=list(b.seeds), representations=names, skipped=skipped, inputs=inputs,
-        summary=summary, per_seed=per_seed, split_half_reliability=split_half, num_snapshots=len(rows),
+        summary=summary, per_seed=per_seed, split_half_reliability=split_half,
+        identical_network_ceiling=identical, num_snapshots=len(rows),
         seconds=time.time() - start))
     report = [f"# Property prediction ({len(rows)} snapshots, seeds {list(b.seeds)}, mean ± std)", ""]
     for kind in SCORED_ON:
@@ -337,6 +359,9 @@ def run(config, workdir):
                "Split-half reliability (held-out class sets; of each measured property, over its images: "
                "how much of its variance survives measuring it on other images of the same classes): "
                + reliability_line(split_half), "",
+               "Identical-network ceiling (held-out class sets; the highest R² of any function of the "
+               "network, as bitwise-identical networks, such as every model's step 0 under a shared init, "
+               "get one prediction): " + reliability_line(identical), "",
                "![](predicted_vs_true.png)", ""]
     io.write_text(os.path.join(out_dir, "report.md"), "\n".join(report))
     plot(os.path.join(out_dir, "predicted_vs_true.png"), values, predictions[0], predictions[1], regression)
@@ -344,5 +369,6 @@ def run(config, workdir):
           f"mean ± std over seeds {list(b.seeds)}")
     print(table(summary["held_out_class_sets"], props))
     print("bench_properties: split-half reliability over images: " + reliability_line(split_half))
+    print("bench_properties: identical-network ceiling on R²: " + reliability_line(identical))
     logging.info("bench_properties: done in %.1f s", time.time() - start)
     return summary

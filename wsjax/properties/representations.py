@@ -125,7 +125,7 @@ def zoo_statistics(workdir, rows, statistics):
     out = None
     for model_id, pairs in by_model.items():
         stats = statistics(snapshots.load_snapshots(workdir, model_id), rows[pairs[0][0]])
-        out = np.empty((len(rows), stats.shape[1]), np.float32) if out is None else out
+        out = np.empty((len(rows), stats.shape[1]), stats.dtype) if out is None else out
         for i, j in pairs:
             out[i] = stats[j]
     return out
