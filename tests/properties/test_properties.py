@@ -77,18 +77,34 @@ def test_output_statistics_tell_one_slot_for_every_image_from_images_split_among
     assert abs(a[-2]) < 1e-6 < b[-2]  # mutual information of image and slot
 
 
+def test_consistency_statistics_read_purity_and_stability_without_labels():
+    classes = np.arange(6) % 3
+    follows = np.stack([np.roll([4.0, 0.0, 0.0], c) for c in classes])[None]  # slot follows the class
+    mixed = np.stack([np.roll([4.0, 0.0, 0.0], i // 2) for i in range(6)])[None]  # it does not
+    a = reps.consistency_statistics(follows, follows, classes)[0]
+    reversed_slots = follows[..., ::-1]
+    np.testing.assert_allclose(a, reps.consistency_statistics(reversed_slots, reversed_slots, classes)[0])
+    np.testing.assert_allclose(a[:3], 1)                      # each class one slot
+    np.testing.assert_allclose(a[6:], [1, 1, 0, 0, 0], atol=1e-12)  # purity 1; noise moved nothing
+    b = reps.consistency_statistics(mixed, follows, classes)[0]
+    np.testing.assert_allclose(b[6:8], [0.5, 1 / 3])        # half of each class on one slot; 2 of 6 kept
+    assert b[8] > 0
+
+
 def test_probe_outputs_run_every_snapshot_on_the_same_probe_images(fake_zoo):
     rows = [r for r in snapshots.read_manifest(fake_zoo) if r["model_id"] in (0, 3)]
     out = reps.load(fake_zoo, "probe_outputs", rows, probe_images=12)
     dataset = datasets.load(config_lib.load(fake_zoo, "zoo").data)
-    images = reps.probe_images(dataset, 12)
-    classes = np.unique(dataset.y_train)
-    firsts = [np.flatnonzero(dataset.y_train == c)[0] for c in classes]  # the classes in turn
-    np.testing.assert_array_equal(images[:len(classes)], dataset.x_train[firsts][:12])
+    images, classes, noisy = reps.probe_images(dataset, 12)
+    labels = np.unique(dataset.y_train)
+    firsts = [np.flatnonzero(dataset.y_train == c)[0] for c in labels]  # the classes in turn
+    np.testing.assert_array_equal(images[:len(labels)], dataset.x_train[firsts][:12])
+    np.testing.assert_array_equal(classes, np.resize(labels, 12))
+    assert 0 < np.abs(noisy - images).mean() < images.std()
     for i in (0, len(rows) - 1):
         module, variables, _ = snapshots.load_model(fake_zoo, rows[i]["model_id"], rows[i]["snapshot"])
-        z = inference.logits(module, variables, images)
-        np.testing.assert_allclose(out[i], reps.output_statistics(z[None])[0], atol=1e-5)
+        z = [inference.logits(module, variables, x)[None] for x in (images, noisy)]
+        np.testing.assert_allclose(out[i], reps.probe_features(*z, classes)[0], atol=1e-5)
 
 
 def test_joined_representation_is_its_parts_side_by_side_each_fitted_as_alone():

@@ -17,8 +17,11 @@
                    meaning across class sets), then over images the mean, std and quantiles of
                    the top probability, the margin and the entropy, and how the network spreads
                    the images over its slots (each slot's share of them, the mutual information
-                   of image and slot). A functional representation: it reads the weights
-                   through a forward pass, labels unused
+                   of image and slot); and how consistent its outputs are: how purely it gives
+                   the probe images of one class of the data one slot, and how far its outputs
+                   move when noise is added to the images. A functional representation: it
+                   reads the weights through a forward pass; the network's own labels and
+                   classes unused (the probe images' classes are the same for every network)
 """
 import os
 
@@ -82,26 +85,58 @@ def output_statistics(logits):
     return np.concatenate([p.reshape(len(p), -1)] + summary + spread, axis=1).astype(np.float32)
 
 
+def consistency_statistics(logits, noisy_logits, classes):
+    """[N, 2c + 4] of logits [N, n, k] on n probe images of `classes` [n] (c distinct) and on the
+    same images with noise added (noisy_logits): per class of the data, the largest share of its
+    images the network gives one slot and the entropy of its mean prediction on them, each
+    sorted over classes, their mean purity; the share of images whose argmax the noise keeps,
+    and the mean, median and 90 % quantile of the KL divergence it causes. Memorising wrong
+    labels (label noise) makes both less consistent, without the labels being known."""
+    logp, noisy_logp = (log_softmax(np.asarray(z, np.float64), axis=-1) for z in (logits, noisy_logits))
+    prob, k = np.exp(logp), logp.shape[-1]
+    purity, entropy = [], []
+    for c in np.unique(classes):
+        of_c = prob[:, classes == c]
+        purity.append((of_c.argmax(-1)[..., None] == np.arange(k)).mean(1).max(1))
+        mean = of_c.mean(1)
+        entropy.append(-(mean * np.log(mean)).sum(1))
+    purity, entropy = np.sort(np.stack(purity, 1), 1), np.sort(np.stack(entropy, 1), 1)
+    kept = (prob.argmax(-1) == noisy_logp.argmax(-1)).mean(1, keepdims=True)
+    kl = (prob * (logp - noisy_logp)).sum(-1)
+    return np.concatenate([purity, entropy, purity.mean(1, keepdims=True), kept, kl.mean(1, keepdims=True),
+                           np.quantile(kl, (0.5, 0.9), axis=1).T], axis=1).astype(np.float32)
+
+
+def probe_features(logits, noisy_logits, classes):
+    """probe_outputs of logits [N, n, k] on probe_images and noisy_logits on their noisy copies."""
+    consistency = consistency_statistics(logits, noisy_logits, classes)
+    return np.concatenate([output_statistics(logits), consistency], axis=1)
+
+
 def probe_images(dataset, num_images):
-    """`num_images` train images, the same for any zoo on this data: the classes in turn, each
-    its first images in dataset order."""
+    """(images, their classes, images with noise): `num_images` train images, the same for any
+    zoo on this data, the classes in turn, each its first images in dataset order; the noise
+    normal, fixed, of half the images' std (enough to move an unstable network's outputs)."""
     per_class = [np.flatnonzero(dataset.y_train == c) for c in np.unique(dataset.y_train)]
     order = [i for column in zip(*per_class) for i in column]  # class 0, 1, ..., 0, 1, ...
     require(num_images <= len(order), f"probe_images={num_images} exceeds the {len(order)} probes "
             "this dataset's smallest class allows")
-    return dataset.x_train[np.asarray(order[:num_images])]
+    images = dataset.x_train[np.asarray(order[:num_images])]
+    noise = np.random.default_rng(0).normal(size=images.shape).astype(images.dtype)
+    return images, dataset.y_train[np.asarray(order[:num_images])], images + 0.5 * images.std() * noise
 
 
 def probe_outputs(workdir, rows, num_images):
-    """output_statistics of every snapshot of `rows` on probe_images, each model built with its
-    own activation."""
+    """probe_features of every snapshot of `rows`, each model built with its own activation."""
     from wsjax import data, models
     from wsjax.models import inference
     zoo = config_lib.load(workdir, "zoo")
-    images, module_of = probe_images(data.load(zoo.data), num_images), models.builder(zoo.model, zoo.tasks.k)
+    images, classes, noisy = probe_images(data.load(zoo.data), num_images)
+    module_of = models.builder(zoo.model, zoo.tasks.k)
 
     def statistics(stacked, row):
-        return output_statistics(inference.logits_stack(module_of(row["activation"]), stacked, images))
+        logits = [inference.logits_stack(module_of(row["activation"]), stacked, x) for x in (images, noisy)]
+        return probe_features(*logits, classes)
     return zoo_statistics(workdir, rows, statistics)
 
 
