@@ -75,6 +75,8 @@ def test_output_statistics_tell_one_slot_for_every_image_from_images_split_among
     np.testing.assert_allclose(a[per_image:per_image + 3], [0, 0, 1])    # argmax shares, sorted
     np.testing.assert_allclose(b[per_image:per_image + 3], [1 / 3] * 3, rtol=1e-6)
     assert abs(a[-2]) < 1e-6 < b[-2]  # mutual information of image and slot
+    saturated = 1000 * one_slot  # slots no image reaches: probability 0, entropy terms 0 log 0
+    assert np.isfinite(reps.probe_features(saturated, saturated, np.arange(6) % 3)).all()
 
 
 def test_consistency_statistics_read_purity_and_stability_without_labels():

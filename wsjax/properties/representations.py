@@ -27,7 +27,7 @@ import os
 
 import jax
 import numpy as np
-from scipy.special import log_softmax
+from scipy.special import entr, log_softmax
 
 from wsjax.common import config as config_lib
 from wsjax.common import contract
@@ -78,7 +78,7 @@ def output_statistics(logits):
     k = prob.shape[-1]
     share = (prob.argmax(-1)[..., None] == np.arange(k)).mean(1)
     marginal = prob.mean(1)
-    marginal_entropy = -(marginal * np.log(marginal)).sum(1, keepdims=True)
+    marginal_entropy = entr(marginal).sum(1, keepdims=True)  # 0 log 0 = 0: a slot no image reaches
     scale = np.log(np.maximum((logits - logits.mean(-1, keepdims=True)).std((1, 2)), 1e-12))[:, None]
     spread = [np.sort(share, 1), np.sort(marginal, 1), marginal_entropy,
               marginal_entropy - entropy.mean(1, keepdims=True), scale]
@@ -98,8 +98,7 @@ def consistency_statistics(logits, noisy_logits, classes):
     for c in np.unique(classes):
         of_c = prob[:, classes == c]
         purity.append((of_c.argmax(-1)[..., None] == np.arange(k)).mean(1).max(1))
-        mean = of_c.mean(1)
-        entropy.append(-(mean * np.log(mean)).sum(1))
+        entropy.append(entr(of_c.mean(1)).sum(1))
     purity, entropy = np.sort(np.stack(purity, 1), 1), np.sort(np.stack(entropy, 1), 1)
     kept = (prob.argmax(-1) == noisy_logp.argmax(-1)).mean(1, keepdims=True)
     kl = (prob * (logp - noisy_logp)).sum(-1)
