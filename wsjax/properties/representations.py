@@ -61,6 +61,11 @@ def delta_statistics(stacked, reference):
     return np.concatenate([weight_statistics(delta)] + distance, axis=1)
 
 
+def slot_shares(prob):
+    """[N, k] of probabilities [N, n, k]: the share of the n images whose argmax is each slot."""
+    return (prob.argmax(-1)[..., None] == np.arange(prob.shape[-1])).mean(1)
+
+
 def output_statistics(logits):
     """[N, n x k + 24 + 2k] of logits [N, n, k] (N networks on n probe images): probe_outputs."""
     logits = np.asarray(logits, np.float64)
@@ -75,12 +80,10 @@ def output_statistics(logits):
     # images split among the slots look alike image by image. Each slot's share of the argmax and
     # its mean probability (sorted), the entropy of the mean prediction, its excess over the mean
     # entropy (the mutual information of image and slot) and the logits' scale.
-    k = prob.shape[-1]
-    share = (prob.argmax(-1)[..., None] == np.arange(k)).mean(1)
     marginal = prob.mean(1)
     marginal_entropy = entr(marginal).sum(1, keepdims=True)  # 0 log 0 = 0: a slot no image reaches
     scale = np.log(np.maximum((logits - logits.mean(-1, keepdims=True)).std((1, 2)), 1e-12))[:, None]
-    spread = [np.sort(share, 1), np.sort(marginal, 1), marginal_entropy,
+    spread = [np.sort(slot_shares(prob), 1), np.sort(marginal, 1), marginal_entropy,
               marginal_entropy - entropy.mean(1, keepdims=True), scale]
     return np.concatenate([p.reshape(len(p), -1)] + summary + spread, axis=1).astype(np.float32)
 
@@ -93,11 +96,11 @@ def consistency_statistics(logits, noisy_logits, classes):
     and the mean, median and 90 % quantile of the KL divergence it causes. Memorising wrong
     labels (label noise) makes both less consistent, without the labels being known."""
     logp, noisy_logp = (log_softmax(np.asarray(z, np.float64), axis=-1) for z in (logits, noisy_logits))
-    prob, k = np.exp(logp), logp.shape[-1]
+    prob = np.exp(logp)
     purity, entropy = [], []
     for c in np.unique(classes):
         of_c = prob[:, classes == c]
-        purity.append((of_c.argmax(-1)[..., None] == np.arange(k)).mean(1).max(1))
+        purity.append(slot_shares(of_c).max(1))
         entropy.append(entr(of_c.mean(1)).sum(1))
     purity, entropy = np.sort(np.stack(purity, 1), 1), np.sort(np.stack(entropy, 1), 1)
     kept = (prob.argmax(-1) == noisy_logp.argmax(-1)).mean(1, keepdims=True)
