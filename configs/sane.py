@@ -19,10 +19,14 @@ def get_config(arg=None):
         # each block's inner channels matched to a reference network's before tokenising (weight
         # matching): embeddings are invariant to those channel permutations by construction
         align=True,
+        # the tokenised zoo is kept on the device where it takes at most this share of the
+        # device's memory (each step then gathers its windows there), else on the host
+        device_share=0.5,
     ))
     c.model = ml_collections.ConfigDict(dict(
         dim=64, latent_dim=32, projection_dim=32, encoder_layers=2, decoder_layers=2,
-        num_heads=4, mlp_ratio=2))
+        num_heads=4, mlp_ratio=2,
+        dtype="float32"))      # the computation's ('bfloat16' on accelerators; parameters float32)
     c.augment = ml_collections.ConfigDict(dict(
         permute=False,         # a function-preserving channel permutation per view (the SANE
                                # paper's invariance by augmentation; only with tokens.align=False)
@@ -54,7 +58,7 @@ def get_config(arg=None):
     elif preset == "accelerator":
         c.tokens.update(token_size=288, window=512)
         c.model.update(dim=512, latent_dim=128, projection_dim=128, encoder_layers=8,
-                       decoder_layers=8, num_heads=8, mlp_ratio=4)
+                       decoder_layers=8, num_heads=8, mlp_ratio=4, dtype="bfloat16")
         c.train.update(steps=50_000, batch_size=64, learning_rate=3e-4, warmup_steps=1000,
                        checkpoint_every=2000, log_every=200)
     elif preset != "default":

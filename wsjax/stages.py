@@ -30,6 +30,7 @@ STAGES = {
     "bench_zoo": "wsjax.zoo.bench",
     "bench_pca": "wsjax.pca.bench",
     "bench_properties": "wsjax.properties.bench",
+    "bench_sane": "wsjax.sane.bench",
 }
 # Write failures that are the workdir's, not the code's: one sentence instead of a traceback.
 _WORKDIR_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",

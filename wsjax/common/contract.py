@@ -24,7 +24,7 @@ from wsjax.common.config import ConfigError, require
 # Fields that schedule, cache or report the same computation: they never change outputs.
 RUNTIME_FIELDS = frozenset(("compile_cache", "overwrite", "preset", "verbosity", "progress",
                             "num_devices", "strategy", "cohort_size", "steps_per_call", "workers",
-                            "checkpoint_every_secs"))
+                            "checkpoint_every_secs", "device_share"))
 # The stages each stage reads; their fingerprints are part of its own.
 INPUTS = {"pca": ("zoo",), "ae": ("pca",), "align": ("ae",), "generator": ("pca",),
           "sample": ("generator",), "evaluate": ("generator",), "sane": ("zoo",),
@@ -42,7 +42,7 @@ def inputs(stage, config, workdir):
             + (("sane",) if sane else ()))
 # Stages whose settings do not pin their directory (sample keeps one directory per request,
 # named by its settings; a benchmark rewrites its results each run): only inputs are compared.
-UNPINNED_STAGES = frozenset(("sample", "bench_zoo", "bench_pca", "bench_properties"))
+UNPINNED_STAGES = frozenset(("sample", "bench_zoo", "bench_pca", "bench_properties", "bench_sane"))
 FINGERPRINT = "fingerprint.json"
 _OWN_FILES = frozenset((".lock", FINGERPRINT, "config.json"))  # what the contract itself writes
 _SHOWN = 6  # differing fields named in a refusal

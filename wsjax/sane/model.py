@@ -1,4 +1,6 @@
-"""SANE's transformer encoder-decoder over weight tokens (Schürholt et al. 2024), in Flax."""
+"""SANE's transformer encoder-decoder over weight tokens (Schürholt et al. 2024), in Flax.
+
+`dtype` is the computation's (bfloat16 on accelerators); parameters and outputs stay float32."""
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -8,12 +10,14 @@ class Block(nn.Module):
     dim: int
     num_heads: int
     mlp_ratio: int
+    dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x):
-        x = x + nn.MultiHeadDotProductAttention(self.num_heads)(nn.LayerNorm()(x))
-        y = nn.Dense(self.mlp_ratio * self.dim)(nn.LayerNorm()(x))
-        return x + nn.Dense(self.dim)(nn.gelu(y))
+        norm = lambda: nn.LayerNorm(dtype=self.dtype)  # noqa: E731
+        x = x + nn.MultiHeadDotProductAttention(self.num_heads, dtype=self.dtype)(norm()(x))
+        y = nn.Dense(self.mlp_ratio * self.dim, dtype=self.dtype)(norm()(x))
+        return x + nn.Dense(self.dim, dtype=self.dtype)(nn.gelu(y))
 
 
 class Stack(nn.Module):
@@ -26,15 +30,16 @@ class Stack(nn.Module):
     num_segments: int
     max_channels: int
     max_positions: int
+    dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x, segment, channel, position):
-        x = (nn.Dense(self.dim)(x) + nn.Embed(self.num_segments, self.dim)(segment)
-             + nn.Embed(self.max_channels, self.dim)(channel)
-             + nn.Embed(self.max_positions, self.dim)(position))
+        embed = lambda n: nn.Embed(n, self.dim, dtype=self.dtype)  # noqa: E731
+        x = (nn.Dense(self.dim, dtype=self.dtype)(x) + embed(self.num_segments)(segment)
+             + embed(self.max_channels)(channel) + embed(self.max_positions)(position))
         for _ in range(self.num_layers):
-            x = Block(self.dim, self.num_heads, self.mlp_ratio)(x)
-        return nn.Dense(self.out_dim)(nn.LayerNorm()(x))
+            x = Block(self.dim, self.num_heads, self.mlp_ratio, self.dtype)(x)
+        return nn.Dense(self.out_dim)(nn.LayerNorm(dtype=self.dtype)(x).astype(jnp.float32))
 
 
 class SANE(nn.Module):
@@ -51,11 +56,12 @@ class SANE(nn.Module):
     num_segments: int
     max_channels: int
     max_positions: int
+    dtype: str = "float32"
 
     def setup(self):
         shared = dict(dim=self.dim, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
                       num_segments=self.num_segments, max_channels=self.max_channels,
-                      max_positions=self.max_positions)
+                      max_positions=self.max_positions, dtype=self.dtype)
         self.encoder = Stack(out_dim=self.latent_dim, num_layers=self.encoder_layers, **shared)
         self.decoder = Stack(out_dim=self.token_size, num_layers=self.decoder_layers, **shared)
         self.head = nn.Sequential([nn.Dense(self.dim), nn.gelu, nn.Dense(self.projection_dim)])
@@ -82,4 +88,4 @@ def build(config, layout):
                 projection_dim=m.projection_dim, encoder_layers=m.encoder_layers,
                 decoder_layers=m.decoder_layers, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
                 num_segments=layout.num_segments, max_channels=layout.max_channels,
-                max_positions=layout.num_tokens)
+                max_positions=layout.num_tokens, dtype=m.get("dtype", "float32"))  # older configs: float32

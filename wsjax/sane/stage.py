@@ -14,6 +14,11 @@ matched to its by weight matching (`tokens.align_channels`), so an embedding is 
 those channel permutations by construction rather than by augmentation, as in the SANE paper;
 `metrics.json`'s `aligned_unchanged` is the share of snapshots the alignment left as they were.
 
+The zoo is tokenised and normalised once (`token_store`); a training step gathers its windows
+from that store, on the device where it takes at most `tokens.device_share` of its memory, so it
+neither copies nor tokenises whole networks (`configs/bench/sane.py` measures the difference).
+With `augment.permute` each step still permutes and tokenises whole networks (`network_source`).
+
 Trained on train-split snapshots; the checkpoint is the one with the lowest loss on val-split
 models (a fixed key, so the number is comparable across checkpoints). Batches and keys are pure
 functions of (seed, step): a killed run resumes from its last checkpoint and ends in the same state.
@@ -52,8 +57,12 @@ def check_config(config):
     t, m, a = config.train, config.model, config.augment
     _positive("tokens", "token_size", config.tokens.token_size)
     _positive("tokens", "window", config.tokens.window, least=2)
+    require(0 <= config.tokens.device_share <= 1,
+            f"config.tokens.device_share must be in [0, 1], got {config.tokens.device_share}")
     for name in ("dim", "latent_dim", "projection_dim", "num_heads", "mlp_ratio"):
         _positive("model", name, m[name])
+    require(m.dtype in ("float32", "bfloat16"),
+            f"config.model.dtype must be 'float32' or 'bfloat16', got {m.dtype!r}")
     require(m.dim % m.num_heads == 0,
             f"config.model.dim ({m.dim}) must be a multiple of num_heads ({m.num_heads})")
     _positive("train", "steps", t.steps)
@@ -171,36 +180,28 @@ def nt_xent(a, b, temperature):
     return optax.softmax_cross_entropy_with_integer_labels(logits, target).mean()
 
 
-def views(layout, window, augment, mean, std, stacked, key):
-    """Two augmented views of the same window of each network: (inputs [2B, W, D], clean targets
-    [2B, W, D], masks [2B, W, D], positions [2B, W]). A view's target is its permuted network's
-    clean tokens: permutation is a different but equivalent network, noise and erasing are not."""
-    b = len(jax.tree_util.tree_leaves(stacked)[0])
-    k_start, *k_views = jax.random.split(key, 3)
-    start = jax.random.randint(k_start, (b,), 0, layout.num_tokens - window + 1)
-    pos = start[:, None] + jnp.arange(window)
-    mask = jnp.asarray(layout.mask)[pos]
-    out = []
-    for k in k_views:
-        k_perm, k_noise, k_erase = jax.random.split(k, 3)
-        v = (jax.vmap(tokens_lib.permute_channels)(stacked, jax.random.split(k_perm, b))
-             if augment.permute else stacked)
-        tok = jnp.take_along_axis(_normalised(layout, mean, std, v), pos[:, :, None], axis=1)
-        noisy = tok + augment.noise * jax.random.normal(k_noise, tok.shape) * mask
-        erased = jax.vmap(functools.partial(tokens_lib.erase, probability=augment.erase_probability,
-                                            max_fraction=augment.erase_fraction))(
-            noisy, mask, jax.random.split(k_erase, b))
-        out.append((erased, tok))
-    cat = lambda xs: jnp.concatenate(xs)  # noqa: E731
-    return (cat([o[0] for o in out]), cat([o[1] for o in out]), cat([mask, mask]), cat([pos, pos]))
+def views(layout, augment, clean, start, key):
+    """Two augmented views of the clean normalised windows `clean` [V, B, W, D] that start at
+    token `start` [B] (V = 1: both views of the same window; V = 2: one window each): (inputs
+    [2B, W, D], targets [2B, W, D], masks [2B, W, D], positions [2B, W]). Noise and erasing change
+    a view's input, not its target: they are not the same network, a permutation is."""
+    _, b, w, d = clean.shape
+    pos = start[:, None] + jnp.arange(w)
+    mask = jnp.tile(jnp.asarray(layout.mask)[pos], (2, 1, 1))
+    target = jnp.broadcast_to(clean, (2, b, w, d)).reshape(2 * b, w, d)
+    k_noise, k_erase = jax.random.split(key)
+    noisy = target + augment.noise * jax.random.normal(k_noise, target.shape) * mask
+    erased = jax.vmap(functools.partial(tokens_lib.erase, probability=augment.erase_probability,
+                                        max_fraction=augment.erase_fraction))(
+        noisy, mask, jax.random.split(k_erase, 2 * b))
+    return erased, target, mask, jnp.tile(pos, (2, 1))
 
 
-def make_loss_fn(module, layout, config, mean, std):
-    """loss(params, stacked variables [B, ...], key) -> (total, metrics)."""
-    window = min(config.tokens.window, layout.num_tokens)
+def make_loss_fn(module, layout, config):
+    """loss(params, clean windows [V, B, W, D], starts [B], key) -> (total, metrics)."""
 
-    def loss_fn(params, stacked, key):
-        x, target, mask, pos = views(layout, window, config.augment, mean, std, stacked, key)
+    def loss_fn(params, clean, start, key):
+        x, target, mask, pos = views(layout, config.augment, clean, start, key)
         _, recon, proj = module.apply({"params": params}, x, *_encodings(layout, pos))
         rec = jnp.sum(mask * (recon - target) ** 2) / jnp.sum(mask)
         con = nt_xent(*jnp.split(proj, 2), config.loss.temperature)
@@ -210,8 +211,8 @@ def make_loss_fn(module, layout, config, mean, std):
 
 
 def make_train_step(loss_fn):
-    def train_step(state, stacked, key):
-        (_, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, stacked, key)
+    def train_step(state, clean, start, key):
+        (_, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, clean, start, key)
         return state.apply_gradients(grads=grads), m
     return jax.jit(train_step, donate_argnums=0)
 
@@ -223,16 +224,54 @@ def make_optimizer(t):
                        optax.adamw(schedule, weight_decay=t.weight_decay)), schedule
 
 
-def batch(seed, step, train_idx, batch_size):
-    """(snapshot indices of step `step`, its key): pure in (seed, step), so a resumed run draws
-    what the killed one would have."""
+def batch(seed, step, train_idx, batch_size, num_tokens, window):
+    """(snapshot indices, window starts, key) of step `step`: pure in (seed, step), so a resumed
+    run draws what the killed one would have."""
     rng = np.random.default_rng([seed, step])
     pick = np.sort(rng.choice(train_idx, batch_size, replace=len(train_idx) < batch_size))
-    return pick, jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), step)
+    start = rng.integers(0, num_tokens - window + 1, batch_size)
+    return pick, start, jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), step)
 
 
 def take(stacked, idx):
     return jax.tree_util.tree_map(lambda x: jnp.asarray(x[idx]), stacked)
+
+
+def window_source(store, window, on_device):
+    """`source(pick, start, key)` -> clean windows [1, B, W, D] of the tokenised zoo `store`
+    [S, T, D]: gathered on the device where the store lives there (a step's input is then two
+    index vectors), else on the host and copied."""
+    offsets = np.arange(window)
+    if on_device:
+        store = jax.device_put(store)
+        gather = jax.jit(lambda s, pick, start: s[pick[:, None], start[:, None] + offsets][None])
+        return lambda pick, start, key: gather(store, pick, start)
+    return lambda pick, start, key: jax.device_put(store[pick[:, None], start[:, None] + offsets][None])
+
+
+def network_source(layout, mean, std, stacked, window, permute):
+    """`source(pick, start, key)` -> clean windows [V, B, W, D] cut from whole networks gathered on
+    the host and tokenised on the device every step: with `permute`, each of the V = 2 views from
+    its own function-preserving channel permutation (the SANE paper's augmentation). Without, it
+    is the path the stage took before the token store (the benchmark's baseline)."""
+    mean, std = jnp.asarray(mean), jnp.asarray(std)
+
+    @jax.jit
+    def cut(nets, start, key):
+        pos = (start[:, None] + jnp.arange(window))[:, :, None]
+        if permute:
+            keys = jax.random.split(key, (2, len(start)))
+            nets = [jax.vmap(tokens_lib.permute_channels)(nets, k) for k in keys]
+        return jnp.stack([jnp.take_along_axis(_normalised(layout, mean, std, n), pos, axis=1)
+                          for n in (nets if permute else [nets])])
+    return lambda pick, start, key: cut(take(stacked, pick), start, jax.random.fold_in(key, 1))
+
+
+def fits_on_device(nbytes, share):
+    """Whether `nbytes` take at most `share` of the default device's memory (a CPU device's memory
+    is the host's, where the store is anyway: yes)."""
+    limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+    return limit is None or nbytes <= share * limit
 
 
 def read_zoo(workdir):
@@ -245,41 +284,52 @@ def read_zoo(workdir):
     return rows, jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *per_model)
 
 
-def token_statistics(layout, stacked, idx, chunk=64):
-    """Per segment (layer x chunk) and token entry, the mean and std [S, D] over the snapshots
-    `idx` and the segment's channels; padding entries keep unit scale."""
+def token_store(layout, stacked, train_idx):
+    """(store [S, T, D] float32, mean, std [num_segments, D]): every snapshot's tokens, normalised,
+    so a training step gathers windows instead of tokenising whole networks; mean and std per
+    segment (layer x chunk) and token entry over the snapshots `train_idx` and the segment's
+    channels (padding entries keep unit scale and stay 0)."""
     tokenize = jax.jit(jax.vmap(functools.partial(tokens_lib.tokenize, token_size=layout.token_size)))
-    s, d = layout.num_segments, layout.token_size
+    n, chunk = len(jax.tree_util.tree_leaves(stacked)[0]), networks_per_call(layout.num_tokens)
+    store = np.empty((n, layout.num_tokens, layout.token_size), np.float32)
+    for i in tqdm(range(0, n, chunk), desc="sane: tokenise zoo", unit="chunk", leave=False):
+        store[i:i + chunk] = tokenize(take(stacked, np.arange(i, min(i + chunk, n))))
+    s, d, seg = layout.num_segments, layout.token_size, layout.segment
     total, squares = np.zeros((s, d)), np.zeros((s, d))
-    for i in range(0, len(idx), chunk):
-        tok = np.asarray(tokenize(take(stacked, idx[i:i + chunk])), np.float64)
-        np.add.at(total, layout.segment, tok.sum(0))
-        np.add.at(squares, layout.segment, (tok ** 2).sum(0))
-    count = len(idx) * np.bincount(layout.segment, minlength=s)[:, None]
+    for i in range(0, len(train_idx), chunk):
+        tok = store[train_idx[i:i + chunk]].astype(np.float64)
+        np.add.at(total, seg, tok.sum(0))
+        np.add.at(squares, seg, (tok ** 2).sum(0))
+    count = len(train_idx) * np.bincount(seg, minlength=s)[:, None]
     mean = total / count
     std = np.sqrt(np.maximum(squares / count - mean ** 2, 0.0))
-    std = np.where(std > 1e-6, std, 1.0)
-    return mean.astype(np.float32), std.astype(np.float32)
+    mean, std = mean.astype(np.float32), np.where(std > 1e-6, std, 1.0).astype(np.float32)
+    for i in range(0, n, chunk):  # in place, a chunk at a time: no second zoo-sized array
+        store[i:i + chunk] = (store[i:i + chunk] - mean[seg]) / std[seg] * layout.mask
+    return store, mean, std
 
 
-def train(config, out, state, loss_fn, schedule, stacked, idx):
-    """Trains from the last checkpoint to config.train.steps; returns (best params, best val loss,
-    its step)."""
+def train(config, out, state, loss_fn, schedule, source, num_tokens, idx):
+    """Trains from the last checkpoint to config.train.steps on the windows `source` cuts;
+    returns (best params, best val loss, its step)."""
     t = config.train
+    window = min(config.tokens.window, num_tokens)
     step_fn = make_train_step(loss_fn)
-    eval_loss = jax.jit(lambda params, v, key: loss_fn(params, v, key)[1])
+    eval_loss = jax.jit(lambda params, *inputs: loss_fn(params, *inputs)[1])
     eval_key = jax.random.fold_in(jax.random.key(config.seed), 2)
     select = idx["select"]
-    chunks = [select[i:i + t.batch_size] for i in range(0, len(select), t.batch_size)]
+    eval_start = np.random.default_rng([config.seed, 2]).integers(0, num_tokens - window + 1, len(select))
+    chunks = [np.arange(i, min(i + t.batch_size, len(select))) for i in range(0, len(select), t.batch_size)]
     chunks = [c for c in chunks if len(c) >= 2]  # NT-Xent needs a negative
 
     def check(params):
-        ms = [jax.device_get(eval_loss(params, take(stacked, c), eval_key)) for c in chunks]
+        ms = [jax.device_get(eval_loss(params, source(select[c], eval_start[c], eval_key), eval_start[c],
+                                       eval_key)) for c in chunks]
         return {k: float(np.mean([m[k] for m in ms])) for k in ms[0]}
 
     def inputs(step):
-        pick, key = batch(config.seed, step, idx["train"], t.batch_size)
-        return take(stacked, pick), key
+        pick, start, key = batch(config.seed, step, idx["train"], t.batch_size, num_tokens, window)
+        return source(pick, start, key), start, key
 
     return loop.train_keep_best(step_fn, inputs, check, state, t, schedule=schedule,
                                 directory=out["checkpoints"], log_path=out["log"], stage=STAGE)
@@ -361,18 +411,27 @@ def run(config, workdir):
         reference = jax.tree_util.tree_map(lambda x: np.array(x[first]), stacked)
         stacked = tokens_lib.align_channels(stacked, reference)
     layout = tokens_lib.layout(take(stacked, 0), config.tokens.token_size)
-    mean, std = token_statistics(layout, stacked, idx["train"])
-    module = model_lib.build(config, layout)
     window = min(config.tokens.window, layout.num_tokens)
+    store, mean, std = token_store(layout, stacked, idx["train"])
+    if config.augment.permute:
+        source = network_source(layout, mean, std, stacked, window, permute=True)
+    else:
+        on_device = fits_on_device(store.nbytes, config.tokens.device_share)
+        logging.info("sane: the tokenised zoo (%.2f GiB) is kept on the %s", store.nbytes / 2 ** 30,
+                     "device" if on_device else "host: each step's windows are copied")
+        source = window_source(store, window, on_device)
+    module = model_lib.build(config, layout)
     key = jax.random.fold_in(jax.random.key(config.seed), 0)
     zeros = jnp.zeros((1, window, layout.token_size))
     pos = jnp.arange(window)[None]
     params = module.init(key, zeros, *_encodings(layout, pos))["params"]
     tx, schedule = make_optimizer(config.train)
     state = train_state.TrainState.create(apply_fn=module.apply, params=params, tx=tx)
-    loss_fn = make_loss_fn(module, layout, config, jnp.asarray(mean), jnp.asarray(std))
+    loss_fn = make_loss_fn(module, layout, config)
     tic = time.time()
-    best_params, best_val, best_step = train(config, out, state, loss_fn, schedule, stacked, idx)
+    best_params, best_val, best_step = train(config, out, state, loss_fn, schedule, source,
+                                             layout.num_tokens, idx)
+    del store, source  # the device's copy, before the embedding pass
     train_seconds = time.time() - tic
 
     saved = dict(params=best_params, mean=mean, std=std)
