@@ -16,11 +16,13 @@ def get_config(arg=None):
         # each seed draws its own held-out class sets, CV folds and MLP inits: mean ± std over them
         seeds=(0, 1, 2),
         held_out_fraction=0.25,   # class sets whose models are all held out of probe training
-        # those whose stage ran are used (weight_stats, delta_stats and probe_outputs need none);
-        # 'a+b': a's and b's features side by side
+        # those whose stage ran are used (weight_stats, delta_stats, probe_outputs and
+        # sensitivity need none); 'a+b': a's and b's features side by side
         representations=("weight_stats", "delta_stats", "pca", "ae", "sane", "probe_outputs",
-                         "weight_stats+probe_outputs"),
-        probe_images=128,         # 'probe_outputs': unlabelled train images every network is run on
+                         "sensitivity", "weight_stats+probe_outputs",
+                         "weight_stats+probe_outputs+sensitivity"),
+        # 'probe_outputs', 'sensitivity': unlabelled train images every network is run on
+        probe_images=128,
         pca_components=64,        # 'pca': top directions of the train rows' PCA coefficients
         properties=("val_accuracy", "val_loss", "generalisation_gap", "step", "learning_rate"),
         # skipped if absent or one class; train_fraction: how much data, read off the weights

@@ -196,8 +196,8 @@ def test_tiny_benchmark_writes_results_per_representation_and_property(bench_wor
     with open(os.path.join(out, "results.json")) as f:
         results = json.load(f)
     # no ae or sane stage ran here
-    assert set(results) == {"weight_stats", "delta_stats", "pca", "probe_outputs",
-                            "weight_stats+probe_outputs"}
+    assert set(results) == {"weight_stats", "delta_stats", "pca", "probe_outputs", "sensitivity",
+                            "weight_stats+probe_outputs", "weight_stats+probe_outputs+sensitivity"}
     for cells in results.values():
         # the fake zoo has one learning rate and one optimizer: nothing to predict there
         assert set(cells) == {"val_accuracy", "val_loss", "generalisation_gap", "step"}
@@ -238,3 +238,26 @@ def test_split_half_reliability_is_the_share_of_variance_that_is_not_noise():
     assert bench.reliability(halves, "val_loss", mask) > 0.999
     halves["val_loss"] = np.stack([true[:, 0], -true[:, 0]], 1)  # halves that disagree: no signal
     assert bench.reliability(halves, "val_loss", mask) == 0.0
+
+
+def test_sensitivity_features_are_zero_when_nothing_moves_and_grow_with_the_move():
+    logits = np.random.default_rng(0).normal(size=(2, 5, 3))
+    still = reps.sensitivity_features(logits, np.broadcast_to(logits, (2, 3) + logits.shape))
+    np.testing.assert_allclose(still, np.tile([0.0, 0.0, 1.0], (2, 2)), atol=1e-6)
+    moved = reps.sensitivity_features(logits, np.stack([logits + 0.1 * logits[..., ::-1],
+                                                        logits[..., ::-1]])[:, None])
+    assert np.all(moved[:, 0] > 0) and np.all(moved[:, 3] > moved[:, 0])  # KL grows with the move
+    assert np.all(moved[:, 5] < 1)                                       # reversed slots: argmaxes moved
+
+
+def test_sensitivity_moves_every_parameter_by_its_magnitude_and_outputs_move_more_with_sigma(fake_zoo):
+    params = {"w": np.array([[1.0, -2.0, 0.0]]), "b": np.array([[3.0]])}
+    noise = {"w": np.array([1.0, 1.0, 1.0]), "b": np.array([-1.0])}
+    np.testing.assert_allclose(reps.perturbed(params, 0.1, noise)["w"], [[1.1, -1.8, 0.0]])
+    np.testing.assert_allclose(reps.perturbed(params, 0.1, noise)["b"], [[2.7]])
+    rows = [r for r in snapshots.read_manifest(fake_zoo) if r["model_id"] in (0, 3)]
+    out = reps.load(fake_zoo, "sensitivity", rows, probe_images=12)
+    assert out.shape == (len(rows), 3 * len(reps.SENSITIVITY_SIGMAS)) and np.isfinite(out).all()
+    kl, kept = out[:, 0::3], out[:, 2::3]
+    assert np.all(np.diff(kl.mean(0)) > 0) and np.all((0 <= kept) & (kept <= 1))
+    np.testing.assert_array_equal(reps.load(fake_zoo, "sensitivity", rows, probe_images=12), out)

@@ -22,6 +22,12 @@
                    move when noise is added to the images. A functional representation: it
                    reads the weights through a forward pass; the network's own labels and
                    classes unused (the probe images' classes are the same for every network)
+    sensitivity    label-free sharpness: how far the network's predictions on the probe images
+                   move when every parameter moves by sigma x its own magnitude x fixed noise
+                   (the same noise for every network), per sigma the KL divergence (mean and 90 %
+                   quantile over images) and the share of argmaxes kept: the magnitude-aware
+                   sharpness of Keskar et al. 2017 and Jiang et al. 2020, on the network's own
+                   predictions instead of labels. Aimed at memorisation (the label-noise zoo)
 """
 import os
 
@@ -38,7 +44,9 @@ from wsjax.zoo import snapshots
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 # Representations read from another stage: that stage and the file it writes them to.
 OUTPUTS = {"pca": ("pca", "coeffs.npz"), "ae": ("ae", "latents.npz"), "sane": ("sane", "embeddings.npz")}
-NAMES = ("weight_stats", "delta_stats", "pca", "ae", "sane", "probe_outputs")
+NAMES = ("weight_stats", "delta_stats", "pca", "ae", "sane", "probe_outputs", "sensitivity")
+SENSITIVITY_SIGMAS = (0.05, 0.1, 0.2, 0.4)  # relative weight noise: barely to badly moved outputs
+SENSITIVITY_DRAWS = 2
 
 
 def weight_statistics(stacked):
@@ -142,6 +150,45 @@ def probe_outputs(workdir, rows, num_images):
     return zoo_statistics(workdir, rows, statistics)
 
 
+def sensitivity_features(logits, perturbed):
+    """[N, 3 S]: per sigma, the KL divergence of a network's predictions from its perturbed
+    copies' (averaged over draws; mean and 90 % quantile over images) and the share of argmaxes
+    kept. logits [N, n, k]; perturbed [S sigmas, D draws, N, n, k]."""
+    logp = log_softmax(logits, -1)
+    prob = np.exp(logp)
+    out = []
+    for per_sigma in log_softmax(perturbed, -1):
+        kl = (prob * (logp - per_sigma)).sum(-1).mean(0)  # [N, n]
+        kept = (prob.argmax(-1) == per_sigma.argmax(-1)).mean((0, 2))
+        out += [kl.mean(1), np.quantile(kl, 0.9, axis=1), kept]
+    return np.stack(out, 1).astype(np.float32)
+
+
+def perturbed(params, sigma, noise):
+    """Stacked `params` with each value moved by sigma x its magnitude x `noise` (one network's
+    shapes, the same for every network of the stack)."""
+    return jax.tree_util.tree_map(lambda x, e: x + sigma * np.abs(x) * e, params, noise)
+
+
+def sensitivity(workdir, rows, num_images):
+    """sensitivity_features of every snapshot of `rows` on the probe images."""
+    from wsjax import data, models
+    from wsjax.models import inference
+    zoo = config_lib.load(workdir, "zoo")
+    images = probe_images(data.load(zoo.data), num_images)[0]
+    module_of = models.builder(zoo.model, zoo.tasks.k)
+
+    def statistics(stacked, row):
+        rng = np.random.default_rng(0)  # the same noise for every network
+        draw = lambda x: rng.standard_normal(x.shape[1:], np.float32)  # noqa: E731
+        noise = [jax.tree_util.tree_map(draw, stacked["params"]) for _ in range(SENSITIVITY_DRAWS)]
+        logits = lambda v: inference.logits_stack(module_of(row["activation"]), v, images)  # noqa: E731
+        moved = [[logits(dict(stacked, params=perturbed(stacked["params"], s, e))) for e in noise]
+                 for s in SENSITIVITY_SIGMAS]
+        return sensitivity_features(logits(stacked), np.asarray(moved))
+    return zoo_statistics(workdir, rows, statistics)
+
+
 def reference_network(workdir, rows):
     """The earliest train snapshot among manifest `rows` (the first by step, then row order):
     the sane stage's alignment reference; under a shared init, the init."""
@@ -201,6 +248,8 @@ def load(workdir, name, rows, probe_images=128):
         return zoo_statistics(workdir, rows, lambda stacked, _: delta_statistics(stacked, reference))
     if name == "probe_outputs":
         return probe_outputs(workdir, rows, probe_images)
+    if name == "sensitivity":
+        return sensitivity(workdir, rows, probe_images)
     contract.current(workdir, OUTPUTS[name][0])  # built from the zoo that is there now
     if name == "pca":
         from wsjax import pca
