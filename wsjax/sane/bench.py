@@ -16,7 +16,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax.training import train_state
 
 from wsjax import models
 from wsjax.common import config as config_lib
@@ -54,8 +53,9 @@ def synthetic_zoo(config):
 def time_arm(step_fn, fresh_state, source, draws):
     """(compile seconds, seconds per step, seconds per step of the inputs alone) of `step_fn` fed
     by `source` on `draws` [(pick, start, key)], the first draw compiling."""
+    state = fresh_state()
     tic = time.perf_counter()
-    state, m = step_fn(fresh_state(), source(*draws[0]), draws[0][1], draws[0][2])
+    state, m = step_fn(state, source(*draws[0]), draws[0][1], draws[0][2])
     jax.block_until_ready(m)
     compile_s = time.perf_counter() - tic
     tic = time.perf_counter()
@@ -79,12 +79,8 @@ def run(config, workdir):
     store, mean, std = sane_stage.token_store(layout, stacked, np.arange(config.num_snapshots))
     store_s = time.perf_counter() - tic
     module = model_lib.build(c, layout)
-    params = module.init(jax.random.key(config.seed), jnp.zeros((1, window, layout.token_size)),
-                         *sane_stage._encodings(layout, jnp.arange(window)[None]))["params"]
-    tx, _ = sane_stage.make_optimizer(c.train)
-    # the step donates its state: each arm starts from a copy
-    fresh = lambda: train_state.TrainState.create(  # noqa: E731
-        apply_fn=module.apply, params=jax.tree_util.tree_map(jnp.copy, params), tx=tx)
+    # the step donates its state: each arm starts from a fresh one
+    fresh = lambda: sane_stage.init_state(c, module, layout, window)[0]  # noqa: E731
     step_fn = sane_stage.make_train_step(sane_stage.make_loss_fn(module, layout, c))
     b = c.train.batch_size
     draws = [sane_stage.batch(config.seed, i, np.arange(config.num_snapshots), b, layout.num_tokens, window)

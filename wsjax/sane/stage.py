@@ -226,6 +226,15 @@ def make_optimizer(t):
                        optax.adamw(schedule, weight_decay=t.weight_decay)), schedule
 
 
+def init_state(config, module, layout, window):
+    """(fresh TrainState of `module`, the learning-rate schedule), from config.seed and config.train."""
+    zeros = jnp.zeros((1, window, layout.token_size))
+    params = module.init(jax.random.fold_in(jax.random.key(config.seed), 0), zeros,
+                         *_encodings(layout, jnp.arange(window)[None]))["params"]
+    tx, schedule = make_optimizer(config.train)
+    return train_state.TrainState.create(apply_fn=module.apply, params=params, tx=tx), schedule
+
+
 def batch(seed, step, train_idx, batch_size, num_tokens, window):
     """(snapshot indices, window starts, key) of step `step`: pure in (seed, step), so a resumed
     run draws what the killed one would have."""
@@ -423,12 +432,7 @@ def run(config, workdir):
                      "device" if on_device else "host: each step's windows are copied")
         source = window_source(store, window, on_device)
     module = model_lib.build(config, layout)
-    key = jax.random.fold_in(jax.random.key(config.seed), 0)
-    zeros = jnp.zeros((1, window, layout.token_size))
-    pos = jnp.arange(window)[None]
-    params = module.init(key, zeros, *_encodings(layout, pos))["params"]
-    tx, schedule = make_optimizer(config.train)
-    state = train_state.TrainState.create(apply_fn=module.apply, params=params, tx=tx)
+    state, schedule = init_state(config, module, layout, window)
     loss_fn = make_loss_fn(module, layout, config)
     tic = time.time()
     best_params, best_val, best_step = train(config, out, state, loss_fn, schedule, source,
