@@ -10,6 +10,7 @@ from configs import sane as sane_configs
 from conftest import fake_zoo_copy
 from wsjax import models, sane, stages
 from wsjax.common import config as config_lib
+from wsjax.properties import representations as reps
 from wsjax.sane import sample as sane_sample
 from wsjax.sane import stage as sane_stage
 from wsjax.sane import tokens
@@ -115,6 +116,22 @@ def test_embedding_of_a_channel_permuted_model_is_its_own(sane_workdir):
     assert pair[~np.eye(12, dtype=bool)].min() > 1e-3
     metrics = json.load(open(sane.paths(sane_workdir)["metrics"]))
     assert metrics["permutation"]["mean_moved"] < 1e-5
+
+
+def test_segment_embeddings_are_the_embedding_kept_apart_by_segment(sane_workdir):
+    """Weighted by their token counts, the segments' means average to the whole network's mean;
+    the benchmark's 'sane_segments' rows are each snapshot's segment embedding."""
+    codec = sane.load(sane_workdir)
+    rows = [r for r in snapshots.read_manifest(sane_workdir) if r["snapshot"] == "final"][:4]
+    stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *[
+        snapshots.load_variables(sane_workdir, r["model_id"], "final") for r in rows])
+    counts = np.bincount(codec.layout.segment)
+    per_segment = codec.embed_segments(stacked).reshape(len(rows), len(counts), -1)
+    np.testing.assert_allclose((per_segment * counts[:, None]).sum(1) / counts.sum(), codec.embed(stacked),
+                               atol=1e-5)
+    assert np.ptp(per_segment, axis=1).min() > 1e-3  # the segments do not all say the same
+    np.testing.assert_allclose(reps.load(sane_workdir, "sane_segments", rows),
+                               per_segment.reshape(len(rows), -1), atol=1e-5)
 
 
 def test_sane_samples_decode_to_networks_around_the_nearest_sets_best_models(sane_workdir):

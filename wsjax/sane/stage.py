@@ -102,9 +102,10 @@ def networks_per_call(num_tokens):
 
 class Codec:
     """The trained SANE: `embed(stacked variables [N, ...])` -> [N, latent_dim] (the mean over
-    tokens), `latents` -> per-token latents [N, T, latent_dim], `decode(latents)` -> stacked
-    variables shaped like `template`; the sequence is covered by consecutive windows. With a
-    `reference` network, inputs are first aligned to it (`tokens.align_channels`)."""
+    tokens), `embed_segments` -> [N, num_segments * latent_dim] (the mean within each segment,
+    segments side by side), `latents` -> per-token latents [N, T, latent_dim], `decode(latents)`
+    -> stacked variables shaped like `template`; the sequence is covered by consecutive windows.
+    With a `reference` network, inputs are first aligned to it (`tokens.align_channels`)."""
 
     def __init__(self, module, params, layout, mean, std, window, template, reference=None):
         self.module, self.params, self.layout, self.reference = module, params, layout, reference
@@ -125,6 +126,12 @@ class Codec:
 
     def embed(self, stacked):
         return self.latents(stacked).mean(1)
+
+    def embed_segments(self, stacked):
+        seg = self.layout.segment
+        share = np.eye(self.layout.num_segments, dtype=np.float32)[seg] / np.bincount(seg)  # [T, S]
+        z = np.einsum("ntd,ts->nsd", self.latents(stacked), share)
+        return z.reshape(len(z), -1)
 
     def decode(self, z):
         return inference.map_chunks(lambda c: self._decode(*self._inputs, c), z, self.chunk)
