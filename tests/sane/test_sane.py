@@ -11,6 +11,7 @@ from conftest import fake_zoo_copy
 from wsjax import models, sane, stages
 from wsjax.common import config as config_lib
 from wsjax.properties import representations as reps
+from wsjax.sane import model as model_lib
 from wsjax.sane import sample as sane_sample
 from wsjax.sane import stage as sane_stage
 from wsjax.sane import tokens
@@ -69,6 +70,22 @@ def test_embedding_calls_take_64_small_networks_but_few_width_64_ones():
     assert sane_stage.networks_per_call(300) == 64     # a width-4 ResNet-18 at token_size 292
     assert sane_stage.networks_per_call(42_950) == 4   # width 64 at 288: 64 needed 89 GiB on an H100
     assert sane_stage.networks_per_call(10 ** 7) == 1
+
+
+def test_without_a_position_table_sane_tells_tokens_apart_by_segment_and_channel(fake_zoo):
+    """model.position_table=False drops one [num_tokens, dim] table from the encoder and the
+    decoder; the (segment, channel) pairs it relies on name every token once."""
+    _, variables = _model(fake_zoo)
+    config = sane_configs.get_config("tiny")
+    layout = tokens.layout(variables, config.tokens.token_size)
+    assert len({(s, c) for s, c in zip(layout.segment, layout.channel)}) == layout.num_tokens
+    window = config.tokens.window
+
+    def count(position_table):
+        config.model.position_table = position_table
+        params = sane_stage.init_state(config, model_lib.build(config, layout), layout, window)[0].params
+        return sum(x.size for x in jax.tree_util.tree_leaves(params))
+    assert count(True) - count(False) == 2 * layout.num_tokens * config.model.dim
 
 
 def test_tokens_detokenize_back_to_the_same_variables(fake_zoo):

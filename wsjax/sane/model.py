@@ -21,7 +21,8 @@ class Block(nn.Module):
 
 
 class Stack(nn.Module):
-    """Tokens [B, W, in] plus learned segment, channel and position encodings -> [B, W, out]."""
+    """Tokens [B, W, in] plus learned segment, channel and position encodings -> [B, W, out];
+    max_positions 0: no position table (segment and channel already tell every token apart)."""
     dim: int
     out_dim: int
     num_layers: int
@@ -36,7 +37,9 @@ class Stack(nn.Module):
     def __call__(self, x, segment, channel, position):
         embed = lambda n: nn.Embed(n, self.dim, dtype=self.dtype)  # noqa: E731
         x = (nn.Dense(self.dim, dtype=self.dtype)(x) + embed(self.num_segments)(segment)
-             + embed(self.max_channels)(channel) + embed(self.max_positions)(position))
+             + embed(self.max_channels)(channel))
+        if self.max_positions:
+            x = x + embed(self.max_positions)(position)
         for _ in range(self.num_layers):
             x = Block(self.dim, self.num_heads, self.mlp_ratio, self.dtype)(x)
         return nn.Dense(self.out_dim)(nn.LayerNorm(dtype=self.dtype)(x).astype(jnp.float32))
@@ -88,4 +91,6 @@ def build(config, layout):
                 projection_dim=m.projection_dim, encoder_layers=m.encoder_layers,
                 decoder_layers=m.decoder_layers, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
                 num_segments=layout.num_segments, max_channels=layout.max_channels,
-                max_positions=layout.num_tokens, dtype=m.get("dtype", "float32"))  # older configs: float32
+                # older configs: float32, with a position table
+                max_positions=layout.num_tokens if m.get("position_table", True) else 0,
+                dtype=m.get("dtype", "float32"))
