@@ -18,8 +18,8 @@ def get_config(arg=None):
         held_out_fraction=0.25,   # class sets whose models are all held out of probe training
         # those whose stage ran are used (weight_stats, delta_stats, probe_outputs and
         # sensitivity need none); 'a+b': a's and b's features side by side
-        representations=("weight_stats", "delta_stats", "pca", "ae", "sane", "sane_segments", "probe_outputs",
-                         "sensitivity", "weight_stats+probe_outputs",
+        representations=("weight_stats", "delta_stats", "pca", "ae", "sane", "sane_segments", "sane_decoded",
+                         "probe_outputs", "sensitivity", "weight_stats+probe_outputs",
                          "weight_stats+probe_outputs+sensitivity"),
         # 'probe_outputs', 'sensitivity': unlabelled train images every network is run on
         probe_images=128,

@@ -135,9 +135,10 @@ def test_embedding_of_a_channel_permuted_model_is_its_own(sane_workdir):
     assert metrics["permutation"]["mean_moved"] < 1e-5
 
 
-def test_segment_embeddings_are_the_embedding_kept_apart_by_segment(sane_workdir):
+def test_segment_embeddings_and_reconstructions_read_by_the_benchmark(sane_workdir):
     """Weighted by their token counts, the segments' means average to the whole network's mean;
-    the benchmark's 'sane_segments' rows are each snapshot's segment embedding."""
+    the benchmark's 'sane_segments' rows are each snapshot's segment embedding, its
+    'sane_decoded' rows the weight statistics of each snapshot's reconstruction."""
     codec = sane.load(sane_workdir)
     rows = [r for r in snapshots.read_manifest(sane_workdir) if r["snapshot"] == "final"][:4]
     stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *[
@@ -149,6 +150,12 @@ def test_segment_embeddings_are_the_embedding_kept_apart_by_segment(sane_workdir
     assert np.ptp(per_segment, axis=1).min() > 1e-3  # the segments do not all say the same
     np.testing.assert_allclose(reps.load(sane_workdir, "sane_segments", rows),
                                per_segment.reshape(len(rows), -1), atol=1e-5)
+    # 'sane_decoded': the weight statistics of what SANE rebuilds, not of the networks themselves
+    decoded = reps.load(sane_workdir, "sane_decoded", rows)
+    np.testing.assert_allclose(decoded, reps.weight_statistics(codec.decode(codec.latents(stacked))),
+                               rtol=1e-4, atol=1e-5)
+    assert decoded.shape == reps.weight_statistics(stacked).shape
+    assert not np.allclose(decoded, reps.weight_statistics(stacked), atol=1e-3)
 
 
 def test_sane_samples_decode_to_networks_around_the_nearest_sets_best_models(sane_workdir):

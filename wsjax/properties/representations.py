@@ -14,6 +14,8 @@
                    of its output channels) instead of over the whole network, segments side by
                    side: where in the network a latent sits, as the weight statistics keep
                    their leaves apart
+    sane_decoded   the weight statistics of the SANE's reconstruction of each network (decode of
+                   its token latents): what of the statistics survives SANE's bottleneck
     probe_outputs  what the network does on fixed probe inputs (Kahana et al. 2024, "Deep linear
                    probe generators for weight space learning": probing beat weight-space
                    encoders): the same unlabelled train images for every network, drawn over all
@@ -48,8 +50,9 @@ from wsjax.zoo import snapshots
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 # Representations read from another stage: that stage and the file it writes them to.
 OUTPUTS = {"pca": ("pca", "coeffs.npz"), "ae": ("ae", "latents.npz"), "sane": ("sane", "embeddings.npz"),
-           "sane_segments": ("sane", "params")}
-NAMES = ("weight_stats", "delta_stats", "pca", "ae", "sane", "sane_segments", "probe_outputs", "sensitivity")
+           "sane_segments": ("sane", "params"), "sane_decoded": ("sane", "params")}
+NAMES = ("weight_stats", "delta_stats", "pca", "ae", "sane", "sane_segments", "sane_decoded", "probe_outputs",
+         "sensitivity")
 SENSITIVITY_SIGMAS = (0.05, 0.1, 0.2, 0.4)  # relative weight noise: barely to badly moved outputs
 SENSITIVITY_DRAWS = 2
 
@@ -265,8 +268,11 @@ def load(workdir, name, rows, probe_images=128):
     if name == "sane":
         from wsjax import sane
         return _aligned(sane.load_embeddings(workdir), rows, f"{workdir}/sane/embeddings.npz")
-    if name == "sane_segments":
+    if name in ("sane_segments", "sane_decoded"):
         from wsjax import sane
         codec = sane.load(workdir)
-        return zoo_statistics(workdir, rows, lambda stacked, _: codec.embed_segments(stacked))
+        if name == "sane_segments":
+            return zoo_statistics(workdir, rows, lambda stacked, _: codec.embed_segments(stacked))
+        return zoo_statistics(workdir, rows,
+                              lambda stacked, _: weight_statistics(codec.decode(codec.latents(stacked))))
     raise ValueError(f"unknown representation {name!r}: use one of {NAMES}")
