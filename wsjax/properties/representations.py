@@ -48,7 +48,8 @@ from wsjax.sane import tokens
 from wsjax.zoo import snapshots
 
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
-# Representations read from another stage: that stage and the file it writes them to.
+# Representations read from another stage: that stage and the output they come from (a file it
+# writes them to, or its trained SANE, which the benchmark runs on the zoo).
 OUTPUTS = {"pca": ("pca", "coeffs.npz"), "ae": ("ae", "latents.npz"), "sane": ("sane", "embeddings.npz"),
            "sane_segments": ("sane", "params"), "sane_decoded": ("sane", "params")}
 NAMES = ("weight_stats", "delta_stats", "pca", "ae", "sane", "sane_segments", "sane_decoded", "probe_outputs",
