@@ -30,7 +30,10 @@ def get_config(arg=None):
         # already name each token): False saves 2 x num_tokens x dim parameters (44M at width
         # 64 in the accelerator preset); at width 4 the same property scores, worse reconstruction
         position_table=True,
-        dtype="float32"))      # the computation's ('bfloat16' on accelerators; parameters float32)
+        dtype="float32",       # the computation's ('bfloat16' on accelerators; parameters float32)
+        # 'xla' (flax's einsum attention), 'cudnn' (cuDNN's fused flash attention: NVIDIA GPUs,
+        # bfloat16) or 'auto' (cudnn where it runs, else xla); same function and parameters
+        attention="auto"))
     c.augment = ml_collections.ConfigDict(dict(
         permute=False,         # a function-preserving channel permutation per view (the SANE
                                # paper's invariance by augmentation; only with tokens.align=False)

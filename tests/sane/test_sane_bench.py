@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.flatten_util import ravel_pytree
 
 from configs import sane as sane_configs
 from configs.bench import sane as bench_configs
@@ -82,6 +83,8 @@ def test_bfloat16_sane_computes_in_bfloat16_with_float32_parameters_and_outputs(
 @pytest.mark.parametrize("field, value, message", [
     ("tokens.device_share", 1.5, "device_share must be in"),
     ("model.dtype", "float16", "model.dtype must be"),
+    ("model.attention", "flash", "model.attention must be one of"),
+    ("model.attention", "cudnn", "runs in bfloat16 only"),  # the tiny preset is float32
 ])
 def test_sane_config_refuses(field, value, message):
     config = sane_configs.get_config("tiny")
@@ -89,6 +92,42 @@ def test_sane_config_refuses(field, value, message):
     config[section][name] = value
     with pytest.raises(ConfigError, match=message):
         sane_stage.check_config(config)
+
+
+def _block_outputs_and_grads(attention, dtype="bfloat16"):
+    """A SANE block's output and parameter gradients under `attention`, at the accelerator
+    preset's head size (64) on a short window (float32 parameters, the same for any dtype)."""
+    block = model_lib.Block(dim=128, num_heads=2, mlp_ratio=2, dtype=dtype, attention=attention)
+    x = jax.random.normal(jax.random.key(0), (4, 128, 128))
+    params = block.init(jax.random.key(1), x)
+    loss = lambda p: jnp.mean(jnp.square(block.apply(p, x).astype(jnp.float32)))  # noqa: E731
+    return block.apply(params, x).astype(jnp.float32), jax.grad(loss)(params)
+
+
+def test_auto_attention_is_flax_attention_off_nvidia_gpus():
+    if jax.default_backend() != "gpu":
+        assert model_lib.attention_kernel("auto", "bfloat16") == "xla"
+        out, grads = _block_outputs_and_grads("auto")
+        ref, ref_grads = _block_outputs_and_grads("xla")
+        np.testing.assert_array_equal(out, ref)
+        jax.tree_util.tree_map(np.testing.assert_array_equal, grads, ref_grads)
+    assert model_lib.attention_kernel("auto", "float32") == "xla"
+    assert model_lib.attention_kernel("cudnn", "bfloat16") == "cudnn"
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN's fused attention runs on NVIDIA GPUs")
+def test_cudnn_attention_is_as_close_to_float32_as_flax_attention_in_bfloat16():
+    with jax.default_matmul_precision("highest"):  # no TF32
+        exact, exact_grads = _block_outputs_and_grads("xla", "float32")
+    error = {}
+    for attention in ("cudnn", "xla"):
+        out, grads = _block_outputs_and_grads(attention)
+        # the whole gradient: the key bias's is 0 in exact arithmetic (softmax ignores it)
+        g, e = (ravel_pytree(t)[0] for t in (grads, exact_grads))
+        error[attention] = [np.linalg.norm(out - exact) / np.linalg.norm(exact),
+                            np.linalg.norm(g - e) / np.linalg.norm(e)]
+    assert max(error["xla"]) < 0.05  # bfloat16 itself
+    np.testing.assert_array_less(error["cudnn"], 1.5 * np.asarray(error["xla"]) + 1e-3)
 
 
 def test_accelerator_preset_is_width_64_at_42950_tokens_in_bfloat16():

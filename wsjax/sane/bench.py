@@ -86,8 +86,14 @@ def run(config, workdir):
     draws = [sane_stage.batch(config.seed, i, np.arange(config.num_snapshots), b, layout.num_tokens, window)
              for i in range(config.steps + 1)]
     clean = jax.ShapeDtypeStruct((1, b, window, layout.token_size), jnp.float32)
-    flops = zoo_bench.host_flops(step_fn, jax.eval_shape(fresh), clean, jax.ShapeDtypeStruct((b,), jnp.int32),
-                                 draws[0][2])
+    # counted on the host CPU (zoo_bench.host_flops), where cuDNN's attention does not lower: with
+    # flax's attention, the same function
+    counted = c.copy_and_resolve_references()
+    counted.model.attention = "xla"
+    count_fn = sane_stage.make_train_step(
+        sane_stage.make_loss_fn(model_lib.build(counted, layout), layout, c))
+    flops = zoo_bench.host_flops(count_fn, jax.eval_shape(fresh), clean,
+                                 jax.ShapeDtypeStruct((b,), jnp.int32), draws[0][2])
     on_device = sane_stage.fits_on_device(store.nbytes, c.tokens.device_share)
     sources = dict(networks=lambda: sane_stage.network_source(layout, mean, std, stacked, window, False),
                    host=lambda: sane_stage.window_source(store, window, False),
@@ -105,7 +111,8 @@ def run(config, workdir):
         if a:
             a["peak_share"] = a["gflop_s"] / peak
     base = (arms.get("networks") or {}).get("steps_per_s")
-    res = dict(backend=jax.default_backend(), device=str(jax.devices()[0].device_kind),
+    attention = model_lib.attention_kernel(c.model.get("attention", "auto"), c.model.dtype)
+    res = dict(backend=jax.default_backend(), device=str(jax.devices()[0].device_kind), attention=attention,
                width=int(config.model.width), num_snapshots=int(config.num_snapshots),
                num_tokens=layout.num_tokens, token_size=layout.token_size, window=window, batch_size=b,
                network_mib=sum(x[0].nbytes for x in jax.tree_util.tree_leaves(stacked)) / 2 ** 20,
@@ -113,7 +120,8 @@ def run(config, workdir):
                step_gflop=flops / 1e9, matmul_peak_gflop_s=peak, arms=arms,
                speedup={a: arms[a]["steps_per_s"] / base for a in arms if arms[a] and base})
     io.write_json(os.path.join(config_lib.stage_dir(workdir, STAGE), "results.json"), res, indent=2)
-    print(f"bench_sane {res['backend']} ({res['device']}) w{res['width']}, {layout.num_tokens} tokens x "
+    print(f"bench_sane {res['backend']} ({res['device']}, {attention} attention) w{res['width']}, "
+          f"{layout.num_tokens} tokens x "
           f"{layout.token_size}, window {window}, batch {b}, {res['step_gflop']:.1f} GFLOP/step, store "
           f"{res['store_gib']:.2f} GiB built in {store_s:.1f} s: "
           + "; ".join(f"{k} {a['ms_per_step']:.1f} ms/step (inputs {a['input_ms']:.1f} ms, "

@@ -63,6 +63,10 @@ def check_config(config):
         _positive("model", name, m[name])
     require(m.dtype in ("float32", "bfloat16"),
             f"config.model.dtype must be 'float32' or 'bfloat16', got {m.dtype!r}")
+    require(m.get("attention", "auto") in model_lib.ATTENTION,
+            f"config.model.attention must be one of {model_lib.ATTENTION}, got {m.get('attention')!r}")
+    require(m.get("attention") != "cudnn" or m.dtype == "bfloat16",
+            "config.model.attention='cudnn' runs in bfloat16 only: set config.model.dtype='bfloat16'")
     require(m.dim % m.num_heads == 0,
             f"config.model.dim ({m.dim}) must be a multiple of num_heads ({m.num_heads})")
     _positive("train", "steps", t.steps)
