@@ -95,7 +95,7 @@ def test_consistency_statistics_read_purity_and_stability_without_labels():
 
 def test_probe_outputs_run_every_snapshot_on_the_same_probe_images(fake_zoo):
     rows = [r for r in snapshots.read_manifest(fake_zoo) if r["model_id"] in (0, 3)]
-    out = reps.load(fake_zoo, "probe_outputs", rows, probe_images=12)
+    out = reps.load(fake_zoo, ["probe_outputs"], rows, probe_images=12)["probe_outputs"]
     dataset = datasets.load(config_lib.load(fake_zoo, "zoo").data)
     images, classes, noisy = reps.probe_images(dataset, 12)
     labels = np.unique(dataset.y_train)
@@ -251,14 +251,21 @@ def test_sensitivity_features_are_zero_when_nothing_moves_and_grow_with_the_move
     assert np.all(moved[:, 5] < 1)                                       # reversed slots: argmaxes moved
 
 
-def test_sensitivity_moves_every_parameter_by_its_magnitude_and_outputs_move_more_with_sigma(fake_zoo):
+def test_sensitivity_moves_every_parameter_by_its_magnitude_and_outputs_move_more_with_sigma(fake_zoo,
+                                                                                             monkeypatch):
     params = {"w": np.array([[1.0, -2.0, 0.0]]), "b": np.array([[3.0]])}
     noise = {"w": np.array([1.0, 1.0, 1.0]), "b": np.array([-1.0])}
     np.testing.assert_allclose(reps.perturbed(params, 0.1, noise)["w"], [[1.1, -1.8, 0.0]])
     np.testing.assert_allclose(reps.perturbed(params, 0.1, noise)["b"], [[2.7]])
     rows = [r for r in snapshots.read_manifest(fake_zoo) if r["model_id"] in (0, 3)]
-    out = reps.load(fake_zoo, "sensitivity", rows, probe_images=12)
+    out = reps.load(fake_zoo, ["sensitivity"], rows, probe_images=12)["sensitivity"]
     assert out.shape == (len(rows), 3 * len(reps.SENSITIVITY_SIGMAS)) and np.isfinite(out).all()
     kl, kept = out[:, 0::3], out[:, 2::3]
     assert np.all(np.diff(kl.mean(0)) > 0) and np.all((0 <= kept) & (kept <= 1))
-    np.testing.assert_array_equal(reps.load(fake_zoo, "sensitivity", rows, probe_images=12), out)
+    # again, beside probe_outputs: the same; per model the clean logits once for both, the noisy
+    # images' once and each perturbed copy's once
+    calls, logits = [], reps._Probe.logits
+    monkeypatch.setattr(reps._Probe, "logits", lambda self, *a: calls.append(1) or logits(self, *a))
+    both = reps.load(fake_zoo, ["probe_outputs", "sensitivity"], rows, probe_images=12)
+    np.testing.assert_array_equal(both["sensitivity"], out)
+    assert len(calls) == 2 * (2 + len(reps.SENSITIVITY_SIGMAS) * reps.SENSITIVITY_DRAWS)

@@ -296,11 +296,11 @@ def run(config, workdir):
     if skipped:
         logging.warning("bench_properties: %s read a stage that has not run in %s: skipped",
                         ", ".join(skipped), workdir)
-    raw = {}
-    for n in dict.fromkeys(p for name in names for p in name.split("+")):
-        tic = time.time()
-        raw[n] = reps.load(workdir, n, rows, b.probe_images)
-        logging.info("bench_properties: %s features %s in %.1f s", n, raw[n].shape, time.time() - tic)
+    tic = time.time()
+    raw = reps.load(workdir, list(dict.fromkeys(p for name in names for p in name.split("+"))), rows,
+                    b.probe_images)
+    logging.info("bench_properties: features %s in %.1f s", {n: x.shape for n, x in raw.items()},
+                 time.time() - tic)
     inputs = {s: contract.current(workdir, s)["fingerprint"]
               for s in ["zoo"] + [reps.OUTPUTS[n][0] for n in raw if n in reps.OUTPUTS]}
     measured = snapshot_scores(workdir, rows, b.train_images, os.path.join(out_dir, "train_scores.npz"))

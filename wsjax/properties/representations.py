@@ -35,6 +35,7 @@
                    sharpness of Keskar et al. 2017 and Jiang et al. 2020, on the network's own
                    predictions instead of labels. Aimed at memorisation (the label-noise zoo)
 """
+import importlib
 import os
 
 import jax
@@ -145,18 +146,43 @@ def probe_images(dataset, num_images):
     return images, dataset.y_train[np.asarray(order[:num_images])], images + 0.5 * images.std() * noise
 
 
-def probe_outputs(workdir, rows, num_images):
-    """probe_features of every snapshot of `rows`, each model built with its own activation."""
-    from wsjax import data, models
-    from wsjax.models import inference
-    zoo = config_lib.load(workdir, "zoo")
-    images, classes, noisy = probe_images(data.load(zoo.data), num_images)
-    module_of = models.builder(zoo.model, zoo.tasks.k)
+def _once(memo, key, fn):
+    """memo[key], computed by fn() the first time: what several representations of one model share."""
+    if key not in memo:
+        memo[key] = fn()
+    return memo[key]
 
-    def statistics(stacked, row):
-        logits = [inference.logits_stack(module_of(row["activation"]), stacked, x) for x in (images, noisy)]
-        return probe_features(*logits, classes)
-    return zoo_statistics(workdir, rows, statistics)
+
+class _Probe:
+    """The probe images of a zoo's data and each snapshot's logits on them, shared through a
+    model's memo by probe_outputs and sensitivity (each model built with its own activation)."""
+
+    def __init__(self, workdir, num_images):
+        from wsjax import data, models
+        zoo = config_lib.load(workdir, "zoo")
+        self.images, self.classes, self.noisy = probe_images(data.load(zoo.data), num_images)
+        self.module_of = models.builder(zoo.model, zoo.tasks.k)
+
+    def logits(self, stacked, row, images):
+        from wsjax.models import inference
+        return inference.logits_stack(self.module_of(row["activation"]), stacked, images)
+
+    def clean(self, stacked, row, memo):
+        return _once(memo, "probe_logits", lambda: self.logits(stacked, row, self.images))
+
+    def outputs(self, stacked, row, memo):
+        """probe_features of the snapshots."""
+        noisy = self.logits(stacked, row, self.noisy)
+        return probe_features(self.clean(stacked, row, memo), noisy, self.classes)
+
+    def sensitivity(self, stacked, row, memo):
+        """sensitivity_features of the snapshots on the probe images."""
+        rng = np.random.default_rng(0)  # the same noise for every network
+        draw = lambda x: rng.standard_normal(x.shape[1:], np.float32)  # noqa: E731
+        noise = [jax.tree_util.tree_map(draw, stacked["params"]) for _ in range(SENSITIVITY_DRAWS)]
+        moved = [[self.logits(dict(stacked, params=perturbed(stacked["params"], s, e)), row, self.images)
+                  for e in noise] for s in SENSITIVITY_SIGMAS]
+        return sensitivity_features(self.clean(stacked, row, memo), np.asarray(moved))
 
 
 def sensitivity_features(logits, perturbed):
@@ -179,25 +205,6 @@ def perturbed(params, sigma, noise):
     return jax.tree_util.tree_map(lambda x, e: x + sigma * np.abs(x) * e, params, noise)
 
 
-def sensitivity(workdir, rows, num_images):
-    """sensitivity_features of every snapshot of `rows` on the probe images."""
-    from wsjax import data, models
-    from wsjax.models import inference
-    zoo = config_lib.load(workdir, "zoo")
-    images = probe_images(data.load(zoo.data), num_images)[0]
-    module_of = models.builder(zoo.model, zoo.tasks.k)
-
-    def statistics(stacked, row):
-        rng = np.random.default_rng(0)  # the same noise for every network
-        draw = lambda x: rng.standard_normal(x.shape[1:], np.float32)  # noqa: E731
-        noise = [jax.tree_util.tree_map(draw, stacked["params"]) for _ in range(SENSITIVITY_DRAWS)]
-        logits = lambda v: inference.logits_stack(module_of(row["activation"]), v, images)  # noqa: E731
-        moved = [[logits(dict(stacked, params=perturbed(stacked["params"], s, e))) for e in noise]
-                 for s in SENSITIVITY_SIGMAS]
-        return sensitivity_features(logits(stacked), np.asarray(moved))
-    return zoo_statistics(workdir, rows, statistics)
-
-
 def reference_network(workdir, rows):
     """The earliest train snapshot among manifest `rows` (the first by step, then row order):
     the sane stage's alignment reference; under a shared init, the init."""
@@ -209,8 +216,9 @@ def reference_network(workdir, rows):
 
 
 def zoo_statistics(workdir, rows, statistics):
-    """statistics(stacked, row) [n, F] of every snapshot of `rows` (manifest rows), in their
-    order, read one model's snapshots at a time (`row`: the model's first among `rows`)."""
+    """statistics(stacked, row) of every snapshot of `rows` (manifest rows), in their order: [n, F]
+    per model gives [N, F], a dict of them a dict; read one model's snapshots at a time (`row`:
+    the model's first among `rows`)."""
     index = snapshots.snapshot_index(snapshots.read_manifest(workdir))
     by_model = {}
     for i, r in enumerate(rows):
@@ -218,9 +226,10 @@ def zoo_statistics(workdir, rows, statistics):
     out = None
     for model_id, pairs in by_model.items():
         stats = statistics(snapshots.load_snapshots(workdir, model_id), rows[pairs[0][0]])
-        out = np.empty((len(rows), stats.shape[1]), stats.dtype) if out is None else out
+        if out is None:
+            out = jax.tree_util.tree_map(lambda x: np.empty((len(rows), x.shape[1]), x.dtype), stats)
         for i, j in pairs:
-            out[i] = stats[j]
+            jax.tree_util.tree_map(lambda o, x: o.__setitem__(i, x[j]), out, stats)
     return out
 
 
@@ -247,33 +256,50 @@ def available(workdir, names):
                                     for p in n.split("+"))]
 
 
-def load(workdir, name, rows, probe_images=128):
-    """Raw features [N, F] of representation `name` for manifest `rows` (pca: all coefficients;
-    the projection is fitted per split by the caller)."""
-    if name == "weight_stats":
-        return zoo_statistics(workdir, rows, lambda stacked, _: weight_statistics(stacked))
-    if name == "delta_stats":
+def _from_snapshots(workdir, names, rows, num_images):
+    """{name: statistics(stacked, row, memo)} of the representations of `names` computed from the
+    zoo's snapshots (memo: one model's shared intermediates, the SANE's latents, the probe logits)."""
+    out = {}
+    if "weight_stats" in names:
+        out["weight_stats"] = lambda stacked, row, memo: weight_statistics(stacked)
+    if "delta_stats" in names:
         reference = reference_network(workdir, rows)
-        return zoo_statistics(workdir, rows, lambda stacked, _: delta_statistics(stacked, reference))
-    if name == "probe_outputs":
-        return probe_outputs(workdir, rows, probe_images)
-    if name == "sensitivity":
-        return sensitivity(workdir, rows, probe_images)
-    contract.current(workdir, OUTPUTS[name][0])  # built from the zoo that is there now
-    if name == "pca":
-        from wsjax import pca
-        return _aligned(pca.load_coeffs(workdir), rows, f"{workdir}/pca/coeffs.npz")
-    if name == "ae":
-        from wsjax import ae
-        return _aligned(ae.load_latents(workdir), rows, f"{workdir}/ae/latents.npz")
-    if name == "sane":
+        out["delta_stats"] = lambda stacked, row, memo: delta_statistics(stacked, reference)
+    if {"probe_outputs", "sensitivity"} & set(names):
+        probe = _Probe(workdir, num_images)
+        out.update({n: f for n, f in (("probe_outputs", probe.outputs), ("sensitivity", probe.sensitivity))
+                    if n in names})
+    if {"sane_segments", "sane_decoded"} & set(names):
         from wsjax import sane
-        return _aligned(sane.load_embeddings(workdir), rows, f"{workdir}/sane/embeddings.npz")
-    if name in ("sane_segments", "sane_decoded"):
-        from wsjax import sane
+        contract.current(workdir, "sane")  # trained on the zoo that is there now
         codec = sane.load(workdir)
-        if name == "sane_segments":
-            return zoo_statistics(workdir, rows, lambda stacked, _: codec.embed_segments(stacked))
-        return zoo_statistics(workdir, rows,
-                              lambda stacked, _: weight_statistics(codec.decode(codec.latents(stacked))))
-    raise ValueError(f"unknown representation {name!r}: use one of {NAMES}")
+        latents = lambda stacked, memo: _once(memo, "sane_latents", lambda: codec.latents(stacked))  # noqa: E731
+        if "sane_segments" in names:
+            out["sane_segments"] = lambda stacked, row, memo: codec.segment_means(latents(stacked, memo))
+        if "sane_decoded" in names:
+            out["sane_decoded"] = lambda stacked, row, memo: weight_statistics(
+                codec.decode(latents(stacked, memo)))
+    return out
+
+
+def load(workdir, names, rows, probe_images=128):
+    """{name: raw features [N, F]} of the representations `names` for manifest `rows` (pca: all
+    coefficients; the projection is fitted per split by the caller). Those computed from the
+    zoo's snapshots come from one pass over it: each model read once, what two of them share
+    (the SANE's latents, the logits on the probe images) computed once."""
+    unknown = [n for n in names if n not in NAMES]
+    require(not unknown, f"unknown representations {unknown}: use names of {NAMES}")
+    out = {}
+    for name in [n for n in names if n in ("pca", "ae", "sane")]:  # written by their stages
+        contract.current(workdir, OUTPUTS[name][0])  # built from the zoo that is there now
+        reader = {"pca": "load_coeffs", "ae": "load_latents", "sane": "load_embeddings"}[name]
+        table = getattr(importlib.import_module(f"wsjax.{name}"), reader)(workdir)
+        out[name] = _aligned(table, rows, os.path.join(workdir, *OUTPUTS[name]))
+    features = _from_snapshots(workdir, names, rows, probe_images)
+
+    def statistics(stacked, row):
+        memo = {}  # what this model's representations share
+        return {n: f(stacked, row, memo) for n, f in features.items()}
+    if features:
+        out.update(zoo_statistics(workdir, rows, statistics))
+    return {n: out[n] for n in names}

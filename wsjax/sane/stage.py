@@ -106,8 +106,8 @@ def networks_per_call(num_tokens):
 
 class Codec:
     """The trained SANE: `embed(stacked variables [N, ...])` -> [N, latent_dim] (the mean over
-    tokens), `embed_segments` -> [N, num_segments * latent_dim] (the mean within each segment,
-    segments side by side), `latents` -> per-token latents [N, T, latent_dim], `decode(latents)`
+    tokens), `latents` -> per-token latents [N, T, latent_dim], `segment_means(latents)` -> [N,
+    num_segments * latent_dim] (the mean within each segment, segments side by side), `decode(latents)`
     -> stacked variables shaped like `template`; the sequence is covered by consecutive windows.
     With a `reference` network, inputs are first aligned to it (`tokens.align_channels`)."""
 
@@ -131,10 +131,10 @@ class Codec:
     def embed(self, stacked):
         return self.latents(stacked).mean(1)
 
-    def embed_segments(self, stacked):
+    def segment_means(self, z):
         seg = self.layout.segment
         share = np.eye(self.layout.num_segments, dtype=np.float32)[seg] / np.bincount(seg)  # [T, S]
-        z = np.einsum("ntd,ts->nsd", self.latents(stacked), share)
+        z = np.einsum("ntd,ts->nsd", z, share)
         return z.reshape(len(z), -1)
 
     def decode(self, z):
