@@ -175,13 +175,23 @@ def test_sane_samples_decode_to_networks_around_the_nearest_sets_best_models(san
     z = codec.latents(prompts)
     assert z.shape == (3, codec.layout.num_tokens, sane_configs.get_config("tiny").model.latent_dim)
     np.testing.assert_allclose(z.mean(1), codec.embed(prompts), rtol=1e-5, atol=1e-6)
-    same = sane_sample.kde(z, 5, jax.random.key(0), bandwidth=0.0)  # no noise: the prompts
-    assert all(any(np.array_equal(d, p) for p in z) for d in same)
-    wide = sane_sample.kde(z, 2000, jax.random.key(0), bandwidth=0.5)
+    same, pick = sane_sample.kde(z, 5, jax.random.key(0), bandwidth=0.0)  # no noise: the prompts
+    np.testing.assert_array_equal(same, np.asarray(z)[pick])
+    wide, _ = sane_sample.kde(z, 2000, jax.random.key(0), bandwidth=0.5)
     np.testing.assert_allclose(wide.std(0), np.sqrt(z.var(0) * (1 + 0.25)), rtol=0.15, atol=1e-3)
-    drawn = sane_sample.sample(codec, prompts, 4, jax.random.key(1), bandwidth=0.5)
+    drawn = sane_sample.sample(codec, prompts, 4, jax.random.key(1), bandwidth=0.5, residual=False)
     assert jax.tree_util.tree_structure(drawn) == jax.tree_util.tree_structure(prompts)
     assert all(np.isfinite(x).all() and x.shape[0] == 4 for x in jax.tree_util.tree_leaves(drawn))
+    # residual: a draw at its prompt is the prompt, whatever the decoder gets wrong; one away from
+    # it is the prompt moved by the decoder's difference between the two
+    at_prompts = sane_sample.sample(codec, prompts, 4, jax.random.key(1), bandwidth=0.0)
+    _, pick = sane_sample.kde(z, 4, jax.random.key(1), bandwidth=0.0)
+    jax.tree_util.tree_map(lambda a, p: np.testing.assert_allclose(a, np.asarray(p)[pick], atol=1e-5),
+                           at_prompts, prompts)
+    moved = sane_sample.sample(codec, prompts, 4, jax.random.key(1), bandwidth=0.5)
+    own = codec.decode(z)
+    jax.tree_util.tree_map(lambda m, p, d, o: np.testing.assert_allclose(
+        m, np.asarray(p)[pick] + d - np.asarray(o)[pick], atol=1e-5), moved, prompts, drawn, own)
     # decoding is the inverse of the token normalisation: a decoded network's BN variances and
     # kernels are on the zoo's scale, not the normalised one
     module, _ = _model(sane_workdir)

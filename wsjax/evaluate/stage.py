@@ -126,7 +126,7 @@ class Context:
         c = self.config.sane
         idx = sane_sample.prompt_rows(self.rows, classes, self.dataset.num_classes, c.num_prompts)
         drawn = sane_sample.sample(self.sane, step_lib.stack([self.snapshot(i) for i in idx]),
-                                   c.num_samples, key, c.bandwidth)
+                                   c.num_samples, key, c.bandwidth, residual=c.get("residual", False))
         drawn = self.recalibrate(drawn, prompt)
         best = int(np.nanargmin(select.train_losses(self.module, drawn, prompt["train"])))
         return step_lib.unstack(drawn, best)

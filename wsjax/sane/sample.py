@@ -1,6 +1,7 @@
 """SANE sampling (seed 004): new networks for a class set, drawn from a kernel density estimate
 over the per-token latents of prompt models (the zoo's best models of the nearest class sets),
-decoded, BN-recalibrated and ranked by their loss on the task's train images."""
+decoded (by default as residuals on their prompts), BN-recalibrated and ranked by their loss on
+the task's train images."""
 import jax
 import numpy as np
 
@@ -22,16 +23,27 @@ def prompt_rows(rows, classes, num_classes, num_prompts):
 
 
 def kde(latents, num, key, bandwidth):
-    """[num, T, d] draws from a Gaussian KDE over prompt latents [P, T, d]: a uniformly chosen
-    prompt plus noise of `bandwidth` times the prompts' std per latent entry."""
+    """(draws [num, T, d], the prompt each is drawn around [num]) from a Gaussian KDE over prompt
+    latents [P, T, d]: a uniformly chosen prompt plus noise of `bandwidth` times the prompts' std
+    per latent entry."""
     latents = np.asarray(latents, np.float32)
     require(len(latents) >= 2, "a KDE over prompts needs >= 2 prompts")
     k_pick, k_noise = jax.random.split(key)
     pick = np.asarray(jax.random.randint(k_pick, (num,), 0, len(latents)))
     noise = np.asarray(jax.random.normal(k_noise, (num,) + latents.shape[1:]))
-    return latents[pick] + bandwidth * latents.std(0) * noise
+    return latents[pick] + bandwidth * latents.std(0) * noise, pick
 
 
-def sample(codec, prompts, num, key, bandwidth):
-    """Stacked variables [num, ...]: KDE draws around the stacked `prompts` [P, ...], decoded."""
-    return codec.decode(kde(codec.latents(prompts), num, key, bandwidth))
+def sample(codec, prompts, num, key, bandwidth, residual=True):
+    """Stacked variables [num, ...]: KDE draws around the stacked `prompts` [P, ...], decoded.
+    residual: each draw's decoding minus its prompt's own, added to the prompt: what the decoder
+    gets wrong on both cancels, so a draw at its prompt is the prompt (the plain decoding of a
+    zoo network loses much of its function; README, SANE sampling)."""
+    z = codec.latents(prompts)
+    draws, pick = kde(z, num, key, bandwidth)
+    decoded = codec.decode(draws)
+    if not residual:
+        return decoded
+    own = codec.decode(z)
+    return jax.tree_util.tree_map(lambda p, d, o: np.asarray(p)[pick] + np.asarray(d) - np.asarray(o)[pick],
+                                  prompts, decoded, own)
