@@ -84,9 +84,10 @@ def test_evaluate_fine_tunes_sane_samples_where_the_workdir_has_a_sane_stage(pip
     config.samplers, config.no_selection, config.finetune.epochs = ("path",), "path", (0,)
     run_stage(config, workdir)
     finetune = json.load(open(os.path.join(workdir, "evaluate", "metrics.json")))["held_out"]["finetune"]
-    assert set(finetune) == {"sample", "copy", "shared_init", "random_init", "sane"}
+    assert set(finetune) == {"sample", "copy", "shared_init", "random_init", "sane", "sane_prompts"}
     assert all(len(v) == len(config.finetune.epochs) and np.isfinite(v).all() for v in finetune.values())
-    assert "| sane |" in open(os.path.join(workdir, "evaluate", "report.md")).read()
+    report = open(os.path.join(workdir, "evaluate", "report.md")).read()
+    assert "| sane |" in report and "| sane_prompts |" in report
     # its outputs depend on sane/: a retrained sane stage makes a rerun refuse, not pass silently
     assert "sane" in json.load(open(os.path.join(workdir, "evaluate", "fingerprint.json")))["inputs"]
 

@@ -121,15 +121,21 @@ class Context:
         return (stacked,) + inference.scores_stack(z, prompt["val"][1]) + (z,)
 
     def sane_sample(self, classes, prompt, key):
-        """SANE's network for `classes`: the best (train loss after BN recalibration) of
-        `config.sane.num_samples` KDE draws around the zoo's best models of the nearest sets."""
+        """SANE's network for `classes` and its baseline: the best (train loss after BN
+        recalibration) of `config.sane.num_samples` KDE draws around the zoo's best models of the
+        nearest sets, and the best of those prompt models themselves."""
         c = self.config.sane
         idx = sane_sample.prompt_rows(self.rows, classes, self.dataset.num_classes, c.num_prompts)
-        drawn = sane_sample.sample(self.sane, step_lib.stack([self.snapshot(i) for i in idx]),
-                                   c.num_samples, key, c.bandwidth, residual=c.get("residual", False))
-        drawn = self.recalibrate(drawn, prompt)
-        best = int(np.nanargmin(select.train_losses(self.module, drawn, prompt["train"])))
-        return step_lib.unstack(drawn, best)
+        prompts = step_lib.stack([self.snapshot(i) for i in idx])
+        drawn = sane_sample.sample(self.sane, prompts, c.num_samples, key, c.bandwidth,
+                                   residual=c.get("residual", False))
+        return [self.best_on_train(x, prompt) for x in (drawn, prompts)]
+
+    def best_on_train(self, stacked, prompt):
+        """The network of `stacked`, BN-recalibrated, with the lowest loss on the prompt's train images."""
+        stacked = self.recalibrate(stacked, prompt)
+        losses = select.train_losses(self.module, stacked, prompt["train"])
+        return step_lib.unstack(stacked, int(np.nanargmin(losses)))
 
     def snapshot(self, i):
         """The variables of row i; each model's stacked checkpoint is read once."""
@@ -246,7 +252,7 @@ def evaluate_task(ctx, classes, kind, targets, key):
         f = cfg.finetune
         starts = dict(sample=sample, copy=step_lib.unstack(scored["copy_median"][0], 0))
         if ctx.sane is not None:
-            starts["sane"] = ctx.sane_sample(classes, prompt, k_sane)
+            starts["sane"], starts["sane_prompts"] = ctx.sane_sample(classes, prompt, k_sane)
         if ctx.shared_init is not None:
             starts["shared_init"] = ctx.shared_init
         starts["random_init"] = ctx.fresh_init
