@@ -23,6 +23,15 @@ def test_resnet18_at_width_64_has_torchvision_parameter_count():
     assert models.count_params(shapes["params"]) == 11_689_512
 
 
+def test_auto_convolution_on_one_cpu_device_is_im2col_where_it_measured_faster():
+    config = zoo_configs.get_config().model
+    picked = {}
+    for width in (2, 4, 8, 16, 32, 64):
+        config.width = width
+        picked[width] = models.build(config, 3).conv
+    assert picked == {2: "im2col", 4: "im2col", 8: "xla", 16: "xla", 32: "im2col", 64: "im2col"}
+
+
 def test_im2col_convolutions_are_the_same_parameters_and_function():
     config = zoo_configs.get_config().model
     im2col = models.build(config, 3)  # 'auto' at width 4 on one CPU device

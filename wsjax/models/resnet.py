@@ -16,8 +16,15 @@ ACTIVATIONS = ("relu", "gelu", "tanh")  # flax.linen functions of these names
 
 
 CONVS = ("xla", "im2col")
-IM2COL_MAX_WIDTH = 8  # 'auto' on CPU: im2col up to this width (measured faster at 4; the channels-
-                      # last form it replaced was slower at 16+; the channels-first one is unmeasured there)
+
+
+def im2col_faster(width):
+    """Where 'auto' picks im2col on a one-device CPU: the widths where it trained faster than XLA's
+    convolution (configs/bench/zoo.py --config.model.width=W --config.model.conv=im2col, one
+    model after another, both in one run; 16 px, batch 64): 1.62x at width 4, 0.57x at 8, 1.00x at
+    16, 2.08x at 32, 6.3x at 64 (12 timed steps there; XLA:CPU's own convolution is fast only at
+    8-16)."""
+    return width <= 4 or width >= 32
 
 
 class Im2colConv(nn.Module):
@@ -174,8 +181,8 @@ def build(config, num_classes, activation=None):
         # One CPU device only: how XLA:CPU threads im2col's large weight-gradient matmuls depends on
         # the program, so its rounding differs between device counts and grows over training;
         # XLA's convolution gives bitwise the same zoo on 1 or 8 devices and 2 processes (tested).
-        small = jax.default_backend() == "cpu" and config.width <= IM2COL_MAX_WIDTH
-        conv = "im2col" if small and jax.device_count() == 1 else "xla"
+        faster = jax.default_backend() == "cpu" and im2col_faster(config.width)
+        conv = "im2col" if faster and jax.device_count() == 1 else "xla"
     return ResNet18(num_classes=num_classes, width=int(config.width), stem=config.stem,
                     dtype=jnp.dtype(config.dtype), activation=activation or choices[0], conv=conv)
 
