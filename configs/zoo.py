@@ -40,9 +40,9 @@ def get_config(arg=None):
         # (one compiled step each); the stages after pca need one activation per zoo
         activations=("relu",),
         # 'xla' (lax.conv) | 'im2col' (channels-first activations, one matmul per conv; same
-        # parameters) | 'auto': im2col on one CPU device up to width 8 (a width-4 train step at
-        # 16 px ran 1.3-1.9x faster and on one core; inference about as fast), else xla; only
-        # xla gives bitwise the same zoo on any number of devices or processes
+        # parameters) | 'auto': im2col on one CPU device at the widths where it trained faster
+        # (<= 4 and >= 32: models.resnet.im2col_faster), else xla; only xla gives bitwise the
+        # same zoo on any number of devices or processes
         conv="auto",
     ))
     c.init = "shared"      # 'shared' | 'per_model' | 'pretrained'
