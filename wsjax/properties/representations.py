@@ -290,10 +290,10 @@ def load(workdir, names, rows, probe_images=128):
     unknown = [n for n in names if n not in NAMES]
     require(not unknown, f"unknown representations {unknown}: use names of {NAMES}")
     out = {}
-    for name in [n for n in names if n in ("pca", "ae", "sane")]:  # written by their stages
+    readers = {"pca": "load_coeffs", "ae": "load_latents", "sane": "load_embeddings"}  # stage files
+    for name in [n for n in names if n in readers]:
         contract.current(workdir, OUTPUTS[name][0])  # built from the zoo that is there now
-        reader = {"pca": "load_coeffs", "ae": "load_latents", "sane": "load_embeddings"}[name]
-        table = getattr(importlib.import_module(f"wsjax.{name}"), reader)(workdir)
+        table = getattr(importlib.import_module(f"wsjax.{name}"), readers[name])(workdir)
         out[name] = _aligned(table, rows, os.path.join(workdir, *OUTPUTS[name]))
     features = _from_snapshots(workdir, names, rows, probe_images)
 
