@@ -123,7 +123,8 @@ def identical_networks(workdir, rows):
         leaves = [np.asarray(x).reshape(len(x), -1) for x in jax.tree_util.tree_leaves(stacked)]
         return np.array([[hashlib.sha1(b"".join(leaf[j].tobytes() for leaf in leaves)).hexdigest()]
                          for j in range(len(leaves[0]))])
-    return np.unique(reps.zoo_statistics(workdir, rows, digests)[:, 0], return_inverse=True)[1]
+    ids = reps.zoo_statistics(workdir, rows, digests, desc="bench_properties: identical networks")
+    return np.unique(ids[:, 0], return_inverse=True)[1]
 
 
 def ceiling(y, networks, mask):
@@ -308,6 +309,8 @@ def run(config, workdir):
     networks = identical_networks(workdir, rows)
 
     per_seed, reliabilities, ceilings, predictions, props = [], [], [], None, None
+    bar = tqdm(total=len(b.seeds) * len(names), desc="bench_properties: probes", unit="representation",
+               leave=False)
     for seed in b.seeds:
         m = masks(rows, seed, b.held_out_fraction)
         require(m["train"].sum() >= 2 and m["held_out_class_sets"].any(),
@@ -334,8 +337,10 @@ def run(config, workdir):
                 seed_predictions[rep][prop] = pred
                 logging.info("bench_properties: seed %d %s %s: best %s %s", seed, rep, prop, best,
                              probes_out[best].get("held_out_class_sets"))
+            bar.update()
         per_seed.append(results)
         predictions = predictions or (seed_predictions, m["held_out_class_sets"])
+    bar.close()
 
     summary = {kind: summarise(per_seed, kind) for kind in SCORED_ON}
     regression = [p for p in props if p in REGRESSION]

@@ -41,6 +41,7 @@ import os
 import jax
 import numpy as np
 from scipy.special import entr, log_softmax
+from tqdm import tqdm
 
 from wsjax.common import config as config_lib
 from wsjax.common import contract
@@ -215,16 +216,16 @@ def reference_network(workdir, rows):
                                   snapshots.load_snapshots(workdir, first["model_id"]))
 
 
-def zoo_statistics(workdir, rows, statistics):
+def zoo_statistics(workdir, rows, statistics, desc=None):
     """statistics(stacked, row) of every snapshot of `rows` (manifest rows), in their order: [n, F]
     per model gives [N, F], a dict of them a dict; read one model's snapshots at a time (`row`:
-    the model's first among `rows`)."""
+    the model's first among `rows`). `desc`: a progress bar over the models with this label."""
     index = snapshots.snapshot_index(snapshots.read_manifest(workdir))
     by_model = {}
     for i, r in enumerate(rows):
         by_model.setdefault(r["model_id"], []).append((i, index[(r["model_id"], r["snapshot"])]))
     out = None
-    for model_id, pairs in by_model.items():
+    for model_id, pairs in tqdm(by_model.items(), desc=desc, unit="model", leave=False, disable=desc is None):
         stats = statistics(snapshots.load_snapshots(workdir, model_id), rows[pairs[0][0]])
         if out is None:
             out = jax.tree_util.tree_map(lambda x: np.empty((len(rows), x.shape[1]), x.dtype), stats)
@@ -301,5 +302,5 @@ def load(workdir, names, rows, probe_images=128):
         memo = {}  # what this model's representations share
         return {n: f(stacked, row, memo) for n, f in features.items()}
     if features:
-        out.update(zoo_statistics(workdir, rows, statistics))
+        out.update(zoo_statistics(workdir, rows, statistics, desc="representations: " + ", ".join(features)))
     return {n: out[n] for n in names}
