@@ -1,4 +1,6 @@
 """Conditional generators: features, closed-form maps, the path model, flow matching, selection."""
+import warnings
+
 import jax
 import numpy as np
 import pytest
@@ -111,6 +113,10 @@ def test_r_squared_and_spearman_compute_what_their_names_say():
     assert evaluate_stage.r_squared(t, np.full(4, t.mean())) == pytest.approx(0.0)
     assert evaluate_stage.r_squared(t, t + 0.1) == pytest.approx(1 - 4 * 0.01 / ((t - t.mean()) ** 2).sum())
     assert evaluate_stage.spearman(t, t ** 3) == pytest.approx(1.0)
+    assert evaluate_stage.spearman(t, -t) == pytest.approx(-1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no ConstantInputWarning: undefined is NaN, said quietly
+        assert np.isnan(evaluate_stage.spearman(t, np.full(4, 0.3)))
 
 
 def test_copy_takes_the_nearest_class_set_then_the_nearest_loss():

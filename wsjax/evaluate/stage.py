@@ -45,6 +45,9 @@ def r_squared(target, achieved):
 
 
 def spearman(target, achieved):
+    """Rank correlation of achieved with requested; NaN where either is constant (undefined)."""
+    if np.ptp(target) == 0 or np.ptp(achieved) == 0:
+        return float("nan")
     return float(stats.spearmanr(target, achieved)[0])
 
 
