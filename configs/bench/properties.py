@@ -21,7 +21,8 @@ def get_config(arg=None):
         representations=("weight_stats", "delta_stats", "pca", "ae", "sane", "sane_segments", "sane_decoded",
                          "probe_outputs", "sensitivity", "weight_stats+probe_outputs",
                          "weight_stats+probe_outputs+sensitivity"),
-        # 'probe_outputs', 'sensitivity': unlabelled train images every network is run on
+        # 'probe_outputs', 'sensitivity': unlabelled train images every network is run on; 512
+        # read label-noise zoos better (val loss R² 0.84 vs 0.78, README) at ~7x the probe time
         probe_images=128,
         pca_components=64,        # 'pca': top directions of the train rows' PCA coefficients
         properties=("val_accuracy", "val_loss", "generalisation_gap", "step", "learning_rate"),
